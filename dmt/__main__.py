@@ -1,0 +1,3 @@
+from dmt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,124 @@
+"""The `dmt` command line (DESIGN section 6).
+
+Every measuring command takes --out PATH and writes JSON there; progress and tables go to the
+terminal. A user mistake prints one line `dmt: error: ...` and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from dmt.distributed.launch import RankFailure
+from dmt.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        print(f"dmt: error: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--config", required=required, help="TOML config file (configs/*.toml)")
+    p.add_argument(
+        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        help="override config keys, e.g. --set train.steps=20 dist.mode=sptt",
+    )
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--nproc", type=int, default=0, help="launch N local ranks (0: one process, or torchrun's)")
+    p.add_argument("--ranks-per-host", type=int, default=0, help="group ranks into emulated hosts of L ranks")
+
+
+def _write_json(path: str | Path, payload: dict) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(payload, indent=2))
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dmt.config import load_config
+    from dmt.train.report import print_summary
+    from dmt.train.run import run_training
+
+    cfg = load_config(args.config, args.set)
+    summary = run_training(cfg, args.out, resume=args.resume, nproc=args.nproc, ranks_per_host=args.ranks_per_host)
+    if summary is not None:
+        print_summary(summary)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dmt.data import make_source
+    from dmt.models.build import build_model
+    from dmt.train.checkpoint import load_checkpoint
+    from dmt.train.loop import evaluate
+
+    cfg, state, _, step = load_checkpoint(args.checkpoint)
+    source = make_source(cfg.data)
+    model = build_model(cfg.model, source.features, source.num_dense)
+    model.load_state_dict(state)
+    result = {**evaluate(model, source, cfg.train.eval_batch_size), "step": step, "model": model.name}
+    result.update(source.optimal_metrics() or {})
+    print(json.dumps(result, indent=2))
+    if args.out:
+        _write_json(args.out, result)
+    return 0
+
+
+def cmd_data_describe(args: argparse.Namespace) -> int:
+    from dmt.config import load_config
+    from dmt.data import make_source
+
+    cfg = load_config(args.config, args.set)
+    info = make_source(cfg.data).describe()
+    for f in info["features"]:
+        print(f"{f['name']:>12}  table={f['table']:<10} rows={f['cardinality']:>9}  ids/sample={f['pooling_factor']:.2f}")
+    for key in ("planted_groups", "optimal_auc", "optimal_logloss", "rows", "malformed_rows"):
+        if key in info:
+            print(f"{key}: {info[key]}")
+    _write_json(args.out, info)
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dmt", description="Disaggregated Multi-Tower training for recommendation models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("train", help="train a model; writes DIR/summary.json and a checkpoint")
+    _add_config(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    _add_cluster(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on the held-out data")
+    p.add_argument("--checkpoint", required=True, help="run directory or model.pt")
+    p.add_argument("--out", help="JSON file for the metrics")
+    p.set_defaults(func=cmd_eval)
+
+    data = sub.add_parser("data", help="data sources").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    p = data.add_parser("describe", help="features, sizes and (synthetic) the planted truth")
+    _add_config(p)
+    p.add_argument("--out", required=True, help="JSON file")
+    p.set_defaults(func=cmd_data_describe)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"dmt: error: {e}", file=sys.stderr)
+        return 2
+    except RankFailure as e:
+        print(f"dmt: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dmt: interrupted", file=sys.stderr)
+        return 130

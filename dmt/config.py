@@ -1,0 +1,249 @@
+"""Typed configs, one dataclass per component, loaded from TOML with `--set a.b=c` overrides.
+
+    cfg = load_config("configs/synthetic_dlrm.toml", ["train.steps=20", "dist.mode=sptt"])
+
+Unknown keys, wrong types and values outside the allowed set raise `UserError` with one line
+that names the key. `dacite` does the dict -> dataclass work in strict mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import dacite
+
+from dmt.errors import UserError
+
+
+@dataclass
+class SyntheticConfig:
+    """The synthetic click model of DESIGN section 4 (see dmt/data/synthetic.py)."""
+
+    group_sizes: list[int] = field(default_factory=lambda: [4, 6, 6, 8])
+    group_pooling: list[float] = field(default_factory=lambda: [3.0, 2.0, 2.0, 1.5])
+    cardinalities: list[int] = field(default_factory=lambda: [200, 1000, 5000, 20000])
+    shared_tables: int = 2  # the first `shared_tables` pairs of features share one table
+    zipf_exponent: float = 1.1
+    max_pooling: int = 12
+    latent_dim: int = 4
+    interaction_scale: float = 1.0
+    first_order_scale: float = 0.5
+    dense_scale: float = 0.3
+    bias: float = -1.0
+    eval_samples: int = 65536
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic"] = "synthetic"
+    num_dense: int = 13  # dense columns (synthetic data draws this many too)
+    num_sparse: int = 26  # categorical columns of file sources; synthetic: sum(group_sizes)
+    train_path: str = ""
+    test_path: str = ""
+    seed: int = 1234  # the data's own seed: the teacher and the streams
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass
+class ModelConfig:
+    arch: Literal["dlrm", "dcn"] = "dlrm"
+    embedding_dim: int = 16
+    pooling: Literal["sum", "mean"] = "mean"
+    bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
+    top_mlp: list[int] = field(default_factory=lambda: [128, 64])
+    # DCNv2
+    cross_layers: int = 2
+    cross_rank: int = 0  # 0: full-rank cross weights, r > 0: low-rank U V^T with rank r
+    structure: Literal["stacked", "parallel"] = "stacked"
+    deep_mlp: list[int] = field(default_factory=lambda: [128, 64])
+    # Disaggregated multi-tower: towers as lists of feature names (empty: the flat model)
+    towers: list[list[str]] = field(default_factory=list)
+    towers_file: str = ""  # JSON with a "towers" list, as written by `dmt partition`
+    num_towers: int = 0  # > 0 and no explicit towers: cut the feature order into equal chunks
+    tower_module: Literal["identity", "compress"] = "compress"
+    compression_ratio: float = 1.0
+    tower_compression_ratios: list[float] = field(default_factory=list)  # per tower, overrides
+    tower_hidden: int = 64  # width of the Tower Module's MLP
+    tower_cross_layers: int = 1  # DCN Tower Module
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 512  # per rank
+    seed: int = 0
+    embedding_optimizer: Literal["sgd", "rowwise_adagrad"] = "rowwise_adagrad"
+    embedding_lr: float = 0.05
+    dense_optimizer: Literal["adam", "adagrad"] = "adam"
+    dense_lr: float = 0.002
+    eval_batch_size: int = 4096
+    log_every: int = 100
+    checkpoint_every: int = 0  # 0: only at the end
+    progress: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class DistConfig:
+    mode: Literal["flat", "sptt"] = "flat"
+    ranks_per_host: int = 0  # 0: the launcher's LOCAL_WORLD_SIZE
+    backend: Literal["auto", "gloo", "nccl"] = "auto"
+    timeout_s: float = 120.0  # a collective that waits longer than this fails (a peer is gone)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+
+
+def _float_hook(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _parse_value(text: str) -> Any:
+    """A `--set` value: a TOML literal (1, 0.5, true, [1, 2], "x"), else a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise UserError(f"--set {dotted}: '{k}' is a value, not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _check_unknown(tree: dict, cls: type, prefix: str = "") -> None:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in tree.items():
+        if key not in names:
+            raise UserError(
+                f"unknown config key '{prefix}{key}'; allowed in "
+                f"[{prefix.rstrip('.') or 'top level'}]: {', '.join(sorted(names))}"
+            )
+        ftype = names[key].type
+        sub = _SECTIONS.get(ftype) if isinstance(ftype, str) else None
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise UserError(f"config key '{prefix}{key}' is a section, got {value!r}")
+            _check_unknown(value, sub, f"{prefix}{key}.")
+
+
+_SECTIONS: dict[str, type] = {
+    "DataConfig": DataConfig,
+    "ModelConfig": ModelConfig,
+    "TrainConfig": TrainConfig,
+    "DistConfig": DistConfig,
+    "SyntheticConfig": SyntheticConfig,
+}
+
+
+def config_from_dict(tree: dict) -> Config:
+    _check_unknown(tree, Config)
+    try:
+        cfg = dacite.from_dict(
+            Config, tree, config=dacite.Config(strict=True, type_hooks={float: _float_hook})
+        )
+    except dacite.WrongTypeError as e:
+        allowed = get_args(e.field_type) or (e.field_type,)
+        raise UserError(
+            f"config key '{e.field_path}' has bad value {e.value!r}; allowed: "
+            + ", ".join(getattr(a, "__name__", repr(a)) for a in allowed)
+        ) from None
+    except dacite.DaciteError as e:
+        raise UserError(f"bad config: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    tree: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file not found: {p}")
+        try:
+            tree = tomllib.loads(p.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise UserError(f"config file {p} is not valid TOML: {e}") from None
+        model = tree.get("model")
+        if isinstance(model, dict) and isinstance(model.get("towers_file"), str) and model["towers_file"]:
+            towers = Path(model["towers_file"])
+            if not towers.is_absolute():  # paths inside a config file are relative to that file
+                model["towers_file"] = str(p.parent / towers)
+    for item in overrides or []:
+        if "=" not in item:
+            raise UserError(f"--set expects key=value, got '{item}'")
+        key, text = item.split("=", 1)
+        _set_path(tree, key.strip(), _parse_value(text.strip()))
+    return config_from_dict(tree)
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise UserError(f"config key '{name}' must be > 0, got {value}")
+
+
+def validate(cfg: Config) -> None:
+    """Value checks that types alone cannot express."""
+    t, m, s = cfg.train, cfg.model, cfg.data.synthetic
+    _positive("train.steps", t.steps)
+    _positive("train.batch_size", t.batch_size)
+    _positive("train.embedding_lr", t.embedding_lr)
+    _positive("train.dense_lr", t.dense_lr)
+    _positive("train.eval_batch_size", t.eval_batch_size)
+    _positive("model.embedding_dim", m.embedding_dim)
+    if m.compression_ratio < 1:
+        raise UserError(f"model.compression_ratio must be >= 1, got {m.compression_ratio}")
+    for r in m.tower_compression_ratios:
+        if r < 1:
+            raise UserError(f"model.tower_compression_ratios must all be >= 1, got {r}")
+    if m.num_towers < 0:
+        raise UserError(f"model.num_towers must be >= 0, got {m.num_towers}")
+    if m.arch == "dlrm" and m.bottom_mlp and m.bottom_mlp[-1] != m.embedding_dim:
+        raise UserError(
+            f"model.bottom_mlp must end in model.embedding_dim={m.embedding_dim} for DLRM, "
+            f"got {m.bottom_mlp}"
+        )
+    for name, widths in (("bottom_mlp", m.bottom_mlp), ("top_mlp", m.top_mlp), ("deep_mlp", m.deep_mlp)):
+        if any(w <= 0 for w in widths):
+            raise UserError(f"model.{name} widths must be > 0, got {widths}")
+    if m.cross_layers < 0 or m.cross_rank < 0:
+        raise UserError("model.cross_layers and model.cross_rank must be >= 0")
+    if cfg.data.source == "synthetic":
+        if not s.group_sizes or any(g < 1 for g in s.group_sizes):
+            raise UserError(f"data.synthetic.group_sizes must be positive, got {s.group_sizes}")
+        if len(s.group_pooling) != len(s.group_sizes):
+            raise UserError(
+                f"data.synthetic.group_pooling needs one value per group ({len(s.group_sizes)}), "
+                f"got {len(s.group_pooling)}"
+            )
+        if any(p < 1 for p in s.group_pooling) or any(p > s.max_pooling for p in s.group_pooling):
+            raise UserError(
+                f"data.synthetic.group_pooling values must be in [1, max_pooling={s.max_pooling}], "
+                f"got {s.group_pooling}"
+            )
+        if not s.cardinalities or any(c < 2 for c in s.cardinalities):
+            raise UserError(f"data.synthetic.cardinalities must be >= 2, got {s.cardinalities}")
+        _positive("data.synthetic.zipf_exponent", s.zipf_exponent)
+        _positive("data.synthetic.latent_dim", s.latent_dim)
+        _positive("data.synthetic.eval_samples", s.eval_samples)
+    if cfg.dist.ranks_per_host < 0:
+        raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")

@@ -1,0 +1,94 @@
+"""Counted all-to-alls over one process group.
+
+`Exchange` wraps a group and records, for every all-to-all it runs, the bytes this rank sends to
+each other member, split into intra-host and cross-host by the members' hosts, and the number of
+non-empty messages. Counts include the backward pass of differentiable exchanges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from dmt.distributed.topology import Layout
+
+
+@dataclass
+class CommCounter:
+    intra_host_bytes: int = 0
+    cross_host_bytes: int = 0
+    messages: int = 0
+    by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes (all tiers)
+
+    def add(self, phase: str, nbytes: int, cross_host: bool) -> None:
+        if nbytes <= 0:
+            return
+        if cross_host:
+            self.cross_host_bytes += nbytes
+        else:
+            self.intra_host_bytes += nbytes
+        self.messages += 1
+        self.by_phase[phase] = self.by_phase.get(phase, 0) + nbytes
+
+    def snapshot(self) -> dict:
+        return {
+            "intra_host_bytes": self.intra_host_bytes,
+            "cross_host_bytes": self.cross_host_bytes,
+            "messages": self.messages,
+            "by_phase": dict(self.by_phase),
+        }
+
+    def reset(self) -> None:
+        self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
+        self.by_phase = {}
+
+
+class Exchange:
+    """All-to-alls among `members` (global ranks, in group order) over `group`."""
+
+    def __init__(self, group: dist.ProcessGroup | None, members: list[int], rank: int, layout: Layout,
+                 counter: CommCounter, name: str) -> None:
+        self.group, self.members, self.layout, self.counter, self.name = group, members, layout, counter, name
+        self.size = len(members)
+        self.index = members.index(rank)
+        self.cross = [layout.host_of(m) != layout.host_of(rank) for m in members]
+
+    def _count(self, phase: str, send_elems: list[int], elem_bytes: int) -> None:
+        for j, n in enumerate(send_elems):
+            if j != self.index:
+                self.counter.add(f"{self.name}.{phase}", n * elem_bytes, self.cross[j])
+
+    def all_to_all(self, x: Tensor, send: list[int], recv: list[int], phase: str) -> Tensor:
+        """x [sum(send), *rest] -> [sum(recv), *rest]; member j gets rows send-split j."""
+        if self.size == 1:
+            return x
+        out = x.new_empty((sum(recv), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=self.group)
+        row = x[0].numel() if x.dim() > 1 else 1
+        self._count(phase, [n * row for n in send], x.element_size())
+        return out
+
+    def counts(self, send: Tensor) -> Tensor:
+        """Swap small per-member count vectors: send [size, k] int64 -> recv [size, k]."""
+        return self.all_to_all(send, [1] * self.size, [1] * self.size, "counts")
+
+    def rows(self, x: Tensor, send: list[int], recv: list[int], phase: str) -> Tensor:
+        """Differentiable all_to_all: the backward sends gradients back along the same links."""
+        if self.size == 1:
+            return x
+        return _AllToAll.apply(x, send, recv, self, phase)
+
+
+class _AllToAll(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, send: list[int], recv: list[int], ex: Exchange, phase: str) -> Tensor:
+        ctx.args = (send, recv, ex, phase)
+        return ex.all_to_all(x, send, recv, phase)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        send, recv, ex, phase = ctx.args
+        return ex.all_to_all(grad.contiguous(), recv, send, f"{phase}.grad"), None, None, None, None

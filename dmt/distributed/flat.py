@@ -1,0 +1,30 @@
+"""Flat hybrid parallelism (the baseline): tables table-wise over all W ranks, dense parts
+data-parallel. Every collective spans the whole world and so crosses hosts.
+
+    rank r, B samples                                  owner o of table T
+    ids of every feature  ==(1) global id all-to-all==>  ids of T's features, W*B samples
+                                                         (2) look up and pool
+    pooled [B, sum d_f]   <==(3) global pooled a2a ===  pooled [W*B, d] per feature
+    (4) Tower Modules (data-parallel) and head
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dmt.distributed.ids import return_rows, send_ids
+from dmt.sparse import KeyedJagged
+
+
+def flat_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
+    """dm: DistributedModel in flat mode. dense [B, num_dense], sparse (B samples) -> logits [B]."""
+    model, plan, d = dm.model, dm.plan, dm.model.dim
+    served = [plan.features_served_by(r) for r in range(plan.layout.world)]
+    ids, sizes = send_ids(dm.world_ex, sparse, served, "ids")  # (1)
+    pooled = dm.pool(ids)  # (2) [sum(sizes), n_me * d]
+    rows = return_rows(dm.world_ex, pooled, sizes, [len(s) * d for s in served], sparse.batch_size, "pooled")  # (3)
+    per_feature = {}
+    for feats, block in zip(served, rows, strict=True):
+        per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
+    outputs = [tm(model.tower_input(per_feature, t)) for t, tm in enumerate(model.tower_modules)]  # (4)
+    return model.head(dense, outputs)

@@ -1,0 +1,83 @@
+"""Where things live: tables on ranks (flat) or towers on hosts and tables inside them (SPTT).
+
+Placement is deterministic longest-processing-time (LPT): items by decreasing cost, each to the
+least loaded bin, ties to the lowest index. A table's cost is its lookup work per sample
+(ids per sample summed over the features that read it) times its width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dmt.data.base import FeatureSpec
+from dmt.distributed.topology import Layout
+from dmt.errors import UserError
+
+
+def lpt(costs: list[float], bins: int) -> list[int]:
+    """Item -> bin, balancing the summed cost."""
+    load = [0.0] * bins
+    out = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        b = min(range(bins), key=lambda k: (load[k], k))
+        out[i] = b
+        load[b] += costs[i]
+    return out
+
+
+@dataclass(frozen=True)
+class ShardingPlan:
+    """mode 'flat': table_owner over all ranks, one data-parallel tower set.
+    mode 'sptt': tower_host per tower, table_owner inside the tower's host."""
+
+    mode: str
+    layout: Layout
+    table_owner: dict[str, int]  # table -> global rank
+    tower_host: tuple[int, ...]  # tower -> host (sptt); empty for flat
+    feature_table: dict[str, str]
+
+    def features_served_by(self, rank: int) -> list[str]:
+        """Features whose table lives on `rank`, in feature order."""
+        return [f for f, t in self.feature_table.items() if self.table_owner[t] == rank]
+
+    def towers_on(self, host: int) -> list[int]:
+        return [t for t, h in enumerate(self.tower_host) if h == host]
+
+
+def table_costs(features: list[FeatureSpec], dim: int) -> dict[str, float]:
+    costs: dict[str, float] = {}
+    for f in features:
+        costs[f.table] = costs.get(f.table, 0.0) + f.pooling_factor * dim
+    return costs
+
+
+def plan_flat(features: list[FeatureSpec], dim: int, layout: Layout) -> ShardingPlan:
+    costs = table_costs(features, dim)
+    tables = list(costs)
+    owner = lpt([costs[t] for t in tables], layout.world)
+    return ShardingPlan("flat", layout, dict(zip(tables, owner, strict=True)), (), {f.name: f.table for f in features})
+
+
+def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, layout: Layout) -> ShardingPlan:
+    by_name = {f.name: f for f in features}
+    table_tower: dict[str, int] = {}
+    for t, tower in enumerate(towers):
+        for name in tower:
+            table = by_name[name].table
+            if table_tower.setdefault(table, t) != t:
+                readers = [f.name for f in features if f.table == table]
+                raise UserError(
+                    f"table {table} is read by features {readers} in towers {table_tower[table]} and {t}; "
+                    "SPTT keeps a table inside one tower: put those features in the same tower"
+                )
+    costs = table_costs(features, dim)
+    tower_cost = [sum(costs[tb] for tb, tw in table_tower.items() if tw == t) for t in range(len(towers))]
+    tower_host = lpt(tower_cost, layout.hosts)
+    owner: dict[str, int] = {}
+    for h in range(layout.hosts):
+        tables = [tb for tb, tw in table_tower.items() if tower_host[tw] == h]
+        local = lpt([costs[tb] for tb in tables], layout.ranks_per_host)
+        owner.update({tb: layout.rank(h, l) for tb, l in zip(tables, local, strict=True)})
+    table_order = {f.table: None for f in features}  # keep feature order for determinism
+    owner = {tb: owner[tb] for tb in table_order}
+    return ShardingPlan("sptt", layout, owner, tuple(tower_host), {f.name: f.table for f in features})

@@ -1,0 +1,95 @@
+"""Hosts, ranks and the three process groups DMT talks over.
+
+    rank r = (host h, local index l):  h = r // L,  l = r % L,  W = H * L
+
+    global group   all W ranks          flat all-to-alls, dense gradient all-reduce
+    intra-host     the L ranks of h     SPTT steps 2 and 4, Tower Module gradients
+    cross-host     the H ranks with l   SPTT steps 1 and 6 (a "rail": same local index)
+
+Groups are created collectively (every rank calls `Topology.create`) and passed explicitly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch.distributed as dist
+
+from dmt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The shape of the cluster, without process groups (usable in planning and tests)."""
+
+    hosts: int
+    ranks_per_host: int
+
+    def __post_init__(self) -> None:
+        if self.hosts < 1 or self.ranks_per_host < 1:
+            raise UserError(f"topology needs hosts >= 1 and ranks per host >= 1, got {self.hosts}x{self.ranks_per_host}")
+
+    @staticmethod
+    def for_world(world: int, ranks_per_host: int) -> Layout:
+        if ranks_per_host < 1 or world % ranks_per_host:
+            raise UserError(
+                f"ranks per host {ranks_per_host} does not divide the world of {world} ranks; "
+                f"allowed: {[d for d in range(1, world + 1) if world % d == 0]}"
+            )
+        return Layout(world // ranks_per_host, ranks_per_host)
+
+    @property
+    def world(self) -> int:
+        return self.hosts * self.ranks_per_host
+
+    def host_of(self, rank: int) -> int:
+        return rank // self.ranks_per_host
+
+    def local_of(self, rank: int) -> int:
+        return rank % self.ranks_per_host
+
+    def rank(self, host: int, local: int) -> int:
+        return host * self.ranks_per_host + local
+
+    def host_ranks(self, host: int) -> list[int]:
+        return [self.rank(host, l) for l in range(self.ranks_per_host)]
+
+    def peer_ranks(self, local: int) -> list[int]:
+        return [self.rank(h, local) for h in range(self.hosts)]
+
+
+@dataclass
+class Topology:
+    """This rank's place in the layout and its process groups."""
+
+    layout: Layout
+    rank: int
+    world_group: dist.ProcessGroup | None = None
+    intra_group: dist.ProcessGroup | None = None
+    peer_group: dist.ProcessGroup | None = None
+    peer_groups: dict[int, dist.ProcessGroup] = field(default_factory=dict)
+
+    @property
+    def host(self) -> int:
+        return self.layout.host_of(self.rank)
+
+    @property
+    def local(self) -> int:
+        return self.layout.local_of(self.rank)
+
+    @staticmethod
+    def create(layout: Layout) -> Topology:
+        """Collective: every rank of the default group must call it, in the same order."""
+        rank, world = dist.get_rank(), dist.get_world_size()
+        if world != layout.world:
+            raise UserError(f"topology {layout.hosts}x{layout.ranks_per_host} needs {layout.world} ranks, have {world}")
+        topo = Topology(layout, rank, world_group=dist.group.WORLD)
+        for h in range(layout.hosts):
+            g = dist.new_group(layout.host_ranks(h))
+            if h == topo.host:
+                topo.intra_group = g
+        for l in range(layout.ranks_per_host):
+            g = dist.new_group(layout.peer_ranks(l))
+            if l == topo.local:
+                topo.peer_group = g
+        return topo

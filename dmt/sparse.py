@@ -1,0 +1,149 @@
+"""Sparse input: a keyed jagged batch, and the training batch that carries it.
+
+Layout of `KeyedJagged` (feature-major, as in TorchRec's KeyedJaggedTensor):
+
+    keys    = ["f0", "f1"]                 F features
+    lengths = [2, 0, 1 | 1, 3, 1]          [F * B]: feature 0 for samples 0..B-1, then feature 1
+    values  = [7, 9, 4 | 5, 1, 1, 2, 8]    [N] int64 ids, N = lengths.sum()
+    weights = None or [N] float32          optional per-id weights (used by pooling)
+
+All ids of one feature are contiguous, so selecting or shipping a subset of features is a
+slice, never a gather over samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class KeyedJagged:
+    keys: list[str]
+    values: Tensor  # int64 [N]
+    lengths: Tensor  # int64 [F * B]
+    weights: Tensor | None = None  # float32 [N]
+
+    def __post_init__(self) -> None:
+        if self.lengths.numel() % max(len(self.keys), 1) != 0:
+            raise ValueError(
+                f"lengths has {self.lengths.numel()} entries, not a multiple of {len(self.keys)} keys"
+            )
+
+    @property
+    def batch_size(self) -> int:
+        return self.lengths.numel() // len(self.keys) if self.keys else 0
+
+    def lengths_per_key(self) -> Tensor:
+        """[F, B] lengths."""
+        return self.lengths.view(len(self.keys), self.batch_size)
+
+    def ids_per_key(self) -> list[int]:
+        """Number of ids of each feature in this batch."""
+        return self.lengths_per_key().sum(1).tolist()
+
+    def per_key(self) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
+        """feature -> (values [n_f], lengths [B], weights [n_f] or None)."""
+        counts = self.ids_per_key()
+        values = torch.split(self.values, counts)
+        lengths = self.lengths_per_key().unbind(0)
+        weights = torch.split(self.weights, counts) if self.weights is not None else [None] * len(counts)
+        return {k: (v, l, w) for k, v, l, w in zip(self.keys, values, lengths, weights, strict=True)}
+
+    def select(self, keys: list[str]) -> KeyedJagged:
+        """The same samples with only `keys`, in that order."""
+        parts = self.per_key()
+        missing = [k for k in keys if k not in parts]
+        if missing:
+            raise KeyError(f"features {missing} not in batch (have {self.keys})")
+        return KeyedJagged.concat_keys([parts[k] for k in keys], keys, self.batch_size)
+
+    @staticmethod
+    def concat_keys(
+        parts: list[tuple[Tensor, Tensor, Tensor | None]], keys: list[str], batch_size: int
+    ) -> KeyedJagged:
+        if not parts:
+            return KeyedJagged(keys=[], values=torch.empty(0, dtype=torch.long), lengths=torch.empty(0, dtype=torch.long))
+        values = torch.cat([p[0] for p in parts])
+        lengths = torch.cat([p[1] for p in parts])
+        has_w = [p[2] is not None for p in parts]
+        weights = torch.cat([p[2] for p in parts]) if all(has_w) else None
+        if any(has_w) and not all(has_w):
+            raise ValueError("either every feature carries weights or none does")
+        return KeyedJagged(keys=list(keys), values=values, lengths=lengths, weights=weights)
+
+    def slice_samples(self, start: int, stop: int) -> KeyedJagged:
+        """Samples [start, stop) of every feature."""
+        parts = []
+        for v, ln, w in self.per_key().values():
+            offsets = torch.zeros(ln.numel() + 1, dtype=torch.long)
+            torch.cumsum(ln, 0, out=offsets[1:])
+            a, b = int(offsets[start]), int(offsets[stop])
+            parts.append((v[a:b], ln[start:stop], None if w is None else w[a:b]))
+        return KeyedJagged.concat_keys(parts, self.keys, stop - start)
+
+    @staticmethod
+    def concat_samples(batches: list[KeyedJagged]) -> KeyedJagged:
+        """Stack batches with the same keys along the sample axis."""
+        keys = batches[0].keys
+        per = [b.per_key() for b in batches]
+        parts = []
+        for k in keys:
+            vs = [p[k] for p in per]
+            w = [x[2] for x in vs]
+            parts.append(
+                (
+                    torch.cat([x[0] for x in vs]),
+                    torch.cat([x[1] for x in vs]),
+                    torch.cat(w) if all(x is not None for x in w) else None,
+                )
+            )
+        return KeyedJagged.concat_keys(parts, keys, sum(b.batch_size for b in batches))
+
+    def to(self, device: torch.device | str) -> KeyedJagged:
+        return KeyedJagged(
+            keys=self.keys,
+            values=self.values.to(device),
+            lengths=self.lengths.to(device),
+            weights=None if self.weights is None else self.weights.to(device),
+        )
+
+
+@dataclass
+class Batch:
+    dense: Tensor  # float32 [B, num_dense]
+    sparse: KeyedJagged  # B samples
+    labels: Tensor  # float32 [B], 0 or 1
+    probs: Tensor | None = None  # float32 [B] true click probability (synthetic data only)
+
+    @property
+    def size(self) -> int:
+        return self.labels.numel()
+
+    def slice_samples(self, start: int, stop: int) -> Batch:
+        return Batch(
+            dense=self.dense[start:stop],
+            sparse=self.sparse.slice_samples(start, stop),
+            labels=self.labels[start:stop],
+            probs=None if self.probs is None else self.probs[start:stop],
+        )
+
+    @staticmethod
+    def concat(batches: list[Batch]) -> Batch:
+        probs = [b.probs for b in batches]
+        return Batch(
+            dense=torch.cat([b.dense for b in batches]),
+            sparse=KeyedJagged.concat_samples([b.sparse for b in batches]),
+            labels=torch.cat([b.labels for b in batches]),
+            probs=torch.cat(probs) if all(p is not None for p in probs) else None,
+        )
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(
+            dense=self.dense.to(device),
+            sparse=self.sparse.to(device),
+            labels=self.labels.to(device),
+            probs=None if self.probs is None else self.probs.to(device),
+        )

@@ -1,0 +1,235 @@
+"""Training and evaluation, on one device or as one rank of a distributed run.
+
+    for step in steps:  this rank's batch -> model (one-device, flat or SPTT) -> BCE loss / W
+                        -> backward -> sum dense gradients over sharing ranks -> optimizers
+    at the end:         evaluate on the held-out stream, write summary.json and checkpoints
+
+The one-device run is the reference: a distributed run of the same config computes the same
+global-batch gradients (see `dmt verify`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from dmt.config import Config
+from dmt.data import make_source
+from dmt.data.base import DataSource
+from dmt.distributed.model import DistributedModel
+from dmt.distributed.plan import plan_flat, plan_sptt
+from dmt.distributed.topology import Topology
+from dmt.errors import UserError
+from dmt.models.base import MultiTowerModel
+from dmt.models.build import build_model
+from dmt.sparse import Batch
+from dmt.train import checkpoint as ckpt
+from dmt.train.metrics import click_metrics
+from dmt.train.optim import dense_optimizer, embedding_optimizer
+
+
+@dataclass
+class Trainee:
+    """What a rank trains: the network it calls, the parameters it holds and their optimizers."""
+
+    source: DataSource
+    model: MultiTowerModel  # the one-device module (sharded in place when distributed)
+    net: torch.nn.Module  # model itself, or its DistributedModel
+    named: list[tuple[str, torch.nn.Parameter]]
+    optimizers: list[torch.optim.Optimizer]
+    topo: Topology | None = None
+
+    @property
+    def dm(self) -> DistributedModel | None:
+        return self.net if isinstance(self.net, DistributedModel) else None
+
+    @property
+    def world(self) -> int:
+        return self.topo.layout.world if self.topo else 1
+
+    @property
+    def rank(self) -> int:
+        return self.topo.rank if self.topo else 0
+
+    @property
+    def mode(self) -> str:
+        return self.dm.plan.mode if self.dm else "single"
+
+
+def build(cfg: Config, topo: Topology | None = None) -> Trainee:
+    """Source, model on torch seed train.seed (identical on every rank), its sharding, optimizers."""
+    source = make_source(cfg.data)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model, source.features, source.num_dense)
+    if topo is None:
+        net, named = model, list(model.named_parameters())
+        emb, dense = list(model.embeddings.parameters()), model.dense_parameters()
+    else:
+        if cfg.dist.mode == "sptt":
+            plan = plan_sptt(source.features, model.towers, model.dim, topo.layout)
+        else:
+            plan = plan_flat(source.features, model.dim, topo.layout)
+        net = DistributedModel(model, plan, topo)
+        named = net.held_named_parameters()
+        emb, dense = net.embedding_parameters(), net.dense_parameters()
+    device = cfg.train.device
+    net.to(device)
+    optimizers = [embedding_optimizer(emb, cfg.train), dense_optimizer(dense, cfg.train)]
+    return Trainee(source, model, net, named, optimizers, topo)
+
+
+def train_step(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
+    """One optimizer step on this rank's batch. -> (local loss, logits [B])."""
+    logits = t.net(batch.dense, batch.sparse)
+    loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+    for opt in t.optimizers:
+        opt.zero_grad(set_to_none=True)
+    (loss / t.world).backward()
+    if t.dm is not None:
+        t.dm.sync_gradients()
+    for opt in t.optimizers:
+        opt.step()
+    return float(loss.detach()), logits.detach()
+
+
+@torch.no_grad()
+def predict(t: Trainee, batch_size: int, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """-> (labels [n], probabilities [n]) over the whole evaluation stream (every rank gets all)."""
+    t.net.eval()
+    batches = list(t.source.eval_batches(batch_size, t.rank, t.world))
+    count = len(batches)
+    if t.topo is not None:  # every rank must join every collective: pad with empty batches
+        n = torch.tensor([count])
+        dist.all_reduce(n, op=dist.ReduceOp.MAX)
+        empty = batches[0].slice_samples(0, 0) if batches else None
+        if empty is None:
+            raise UserError("a rank got no evaluation data: raise the evaluation set size")
+        batches += [empty] * (int(n) - count)
+    labels, probs = [], []
+    for batch in batches:
+        batch = batch.to(device)
+        labels.append(batch.labels.cpu())
+        probs.append(torch.sigmoid(t.net(batch.dense, batch.sparse)).cpu())
+    t.net.train()
+    mine = (torch.cat(labels).numpy(), torch.cat(probs).numpy())
+    if t.topo is None:
+        return mine
+    everyone: list = [None] * t.world
+    dist.all_gather_object(everyone, mine)
+    return np.concatenate([e[0] for e in everyone]), np.concatenate([e[1] for e in everyone])
+
+
+def evaluate(t: Trainee, batch_size: int, device: str = "cpu") -> dict:
+    labels, probs = predict(t, batch_size, device)
+    return {**click_metrics(labels, probs), "eval_samples": int(labels.size)}
+
+
+def save(t: Trainee, cfg: Config, out: Path, step: int) -> None:
+    state_dict = t.dm.state_dict_held() if t.dm else t.model.state_dict()
+    state = ckpt.flat_state(t.named, state_dict, t.optimizers, step)
+    if t.topo is None:
+        ckpt.save_file(out, cfg, state)
+    else:
+        ckpt.save_sharded(out, cfg, state)
+
+
+def resume_from(t: Trainee, out: Path) -> int:
+    """Load the latest checkpoint in `out` if there is one. -> the step to start from."""
+    if t.topo is None:
+        if not (out / ckpt.FILE).exists():
+            return 0
+        _, state = ckpt.load_file(out)
+        return ckpt.restore(state, t.model, t.named, t.optimizers)
+    location = ckpt.sharded_location(out)
+    if location is None:
+        return 0
+    held = t.dm.state_dict_held()
+    state = ckpt.load_sharded(location, [f"model/{n}" for n in held] + ["step"],
+                              prefixes=tuple(f"optim/{n}/" for n, _ in t.named))
+    return ckpt.restore(state, t.model, t.named, t.optimizers)
+
+
+def _mean_over_ranks(t: Trainee, values: dict[str, float]) -> dict[str, float]:
+    if t.topo is None:
+        return values
+    keys = sorted(values)
+    v = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(v)
+    return dict(zip(keys, (v / t.world).tolist(), strict=True))
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology | None = None) -> dict:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = cfg.train.device
+    t = build(cfg, topo)
+    start = resume_from(t, out) if resume else 0
+    steps, bs = cfg.train.steps, cfg.train.batch_size
+    stream = t.source.train_batches(bs, t.rank, t.world, start_step=start)
+    step_s, losses, log, comm = [], [], [], []
+    show = cfg.train.progress and t.rank == 0
+    bar = tqdm(range(start, steps), desc=f"train {t.model.name} ({t.mode})", disable=not show, unit="step")
+    loop_start = time.perf_counter()
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = next(stream).to(device)
+        if t.dm is not None:
+            t.dm.counter.reset()
+        loss, _ = train_step(t, batch)
+        losses.append(loss)
+        step_s.append(time.perf_counter() - t0)
+        if t.dm is not None:
+            comm.append(t.dm.counter.snapshot())
+        if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
+            mean_loss = float(np.mean(losses[-cfg.train.log_every:]))
+            log.append({"step": step + 1, "train_logloss": mean_loss})
+            bar.set_postfix(loss=f"{mean_loss:.4f}")
+        if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
+            save(t, cfg, out, step + 1)
+    train_s = time.perf_counter() - loop_start
+    bar.close()
+
+    save(t, cfg, out, steps)
+    if t.topo is not None and t.rank == 0:
+        ckpt.export_sharded(out / ckpt.SHARDS, out)
+    quality = evaluate(t, cfg.train.eval_batch_size, device)
+    optimal = t.source.optimal_metrics() or {}
+    per_step = {
+        k: float(np.mean([c[k] for c in comm])) if comm else 0.0
+        for k in ("intra_host_bytes", "cross_host_bytes", "messages")
+    }
+    per_step = _mean_over_ranks(t, per_step)
+    phases = sorted({p for c in comm for p in c["by_phase"]})
+    by_phase = _mean_over_ranks(t, {p: float(np.mean([c["by_phase"].get(p, 0) for c in comm])) for p in phases})
+    layout = t.topo.layout if t.topo else None
+    summary = {
+        **quality,
+        "optimal_auc": optimal.get("optimal_auc"),
+        "optimal_logloss": optimal.get("optimal_logloss"),
+        "examples_per_s": (steps - start) * bs * t.world / train_s if steps > start else 0.0,
+        "step_ms": step_stats(step_s) if step_s else None,
+        "comm": {**per_step, "by_phase": by_phase},
+        "world": {"hosts": layout.hosts if layout else 1, "ranks_per_host": layout.ranks_per_host if layout else 1},
+        "mode": t.mode,
+        "model": t.model.name,
+        "towers": None if t.model.is_flat else t.model.towers,
+        "steps": steps,
+        "seed": cfg.train.seed,
+        "train_log": log,
+    }
+    if t.rank == 0:
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def step_stats(step_s: list[float]) -> dict[str, float]:
+    ms = np.asarray(step_s[1:] or step_s) * 1e3  # the first step pays for warm-up
+    return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90))}

@@ -1,0 +1,53 @@
+"""Optimizers: one for embedding tables (sparse rows), one for the dense parameters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dmt.config import TrainConfig
+
+
+class RowWiseAdagrad(torch.optim.Optimizer):
+    """Adagrad with one accumulator per embedding row (the mean of the row's squared gradient).
+
+    For a table [rows, d] with gradient rows g_i [d]:  s_i += mean(g_i^2);  w_i -= lr g_i / (sqrt(s_i) + eps).
+    Takes sparse or dense gradients; rows absent from a sparse gradient are untouched.
+    """
+
+    def __init__(self, params, lr: float = 0.05, eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure=None):  # noqa: ANN001 - the torch.optim signature
+        for group in self.param_groups:
+            lr, eps = group["lr"], group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "sum" not in state:
+                    state["sum"] = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device)
+                acc = state["sum"]
+                if p.grad.is_sparse:
+                    grad = p.grad.coalesce()
+                    rows, values = grad.indices()[0], grad.values()
+                else:
+                    values = p.grad
+                    rows = torch.arange(p.shape[0], device=p.device)
+                acc.index_add_(0, rows, values.pow(2).mean(1))
+                scale = lr / (acc[rows].sqrt() + eps)
+                p.index_add_(0, rows, -values * scale.unsqueeze(1))
+        return None
+
+
+def embedding_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.embedding_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.embedding_lr)
+    return RowWiseAdagrad(params, lr=cfg.embedding_lr)
+
+
+def dense_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.dense_optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.dense_lr)
+    return torch.optim.Adagrad(params, lr=cfg.dense_lr)

@@ -1,0 +1,57 @@
+"""Entry of `dmt train`: one process, N local ranks, or one rank under torchrun."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dmt.config import Config
+from dmt.distributed.launch import launch, run_rank, under_launcher
+from dmt.distributed.plan import plan_flat, plan_sptt
+from dmt.distributed.topology import Layout, Topology
+from dmt.errors import UserError
+
+
+def check_cluster(cfg: Config, world: int, ranks_per_host: int) -> Layout:
+    """Fail early, in the parent, on a topology or placement that cannot work."""
+    from dmt.data import make_source
+    from dmt.models.build import resolve_towers
+
+    layout = Layout.for_world(world, ranks_per_host or world)
+    source = make_source(cfg.data)
+    towers = resolve_towers(cfg.model, [f.name for f in source.features])
+    if cfg.dist.mode == "sptt":
+        plan_sptt(source.features, towers, cfg.model.embedding_dim, layout)
+    else:
+        plan_flat(source.features, cfg.model.embedding_dim, layout)
+    return layout
+
+
+def _train_rank(cfg: Config, topo: Topology, out: str, resume: bool) -> dict:
+    from dmt.train.loop import train
+
+    return train(cfg, out, resume=resume, topo=topo)
+
+
+def run_training(cfg: Config, out: str | Path, resume: bool = False, nproc: int = 0,
+                 ranks_per_host: int = 0) -> dict | None:
+    """-> the summary (None on ranks other than 0 under torchrun)."""
+    if nproc < 0:
+        raise UserError(f"--nproc must be >= 0, got {nproc}")
+    if under_launcher():
+        summary = run_rank(_train_rank, cfg, ranks_per_host or None, str(out), resume)
+        return summary if summary and _is_rank0() else None
+    if nproc <= 1:
+        if ranks_per_host > 1:
+            raise UserError(f"--ranks-per-host {ranks_per_host} needs --nproc >= {ranks_per_host}")
+        from dmt.train.loop import train
+
+        return train(cfg, out, resume=resume)
+    check_cluster(cfg, nproc, ranks_per_host or cfg.dist.ranks_per_host)
+    results = launch(nproc, _train_rank, cfg, ranks_per_host or None, str(out), resume)
+    return results[0]
+
+
+def _is_rank0() -> bool:
+    import os
+
+    return os.environ.get("RANK") == "0"
