@@ -85,6 +85,32 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dmt.config import load_config
+    from dmt.distributed.launch import launch
+    from dmt.train.run import check_cluster
+    from dmt.verify import verify_rank
+
+    cfg = load_config(args.config, args.set)
+    if args.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {args.steps}")
+    layout = check_cluster(cfg, args.hosts * args.ranks_per_host, args.ranks_per_host)
+    diffs = launch(layout.world, verify_rank, cfg, layout.ranks_per_host, args.steps)[0]
+    ok = max(diffs.values()) <= args.tolerance
+    result = {
+        "ok": ok, "max_abs_diff": diffs, "tolerance": args.tolerance, "steps": args.steps,
+        "world": {"hosts": layout.hosts, "ranks_per_host": layout.ranks_per_host},
+        "mode": cfg.dist.mode, "arch": cfg.model.arch,
+    }
+    print(
+        f"verify {cfg.model.arch} {cfg.dist.mode} on {layout.hosts}x{layout.ranks_per_host}, {args.steps} steps: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items())
+        + f" -> {'OK' if ok else 'MISMATCH'} (tolerance {args.tolerance:g})"
+    )
+    _write_json(args.out, result)
+    return 0 if ok else 1
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dmt", description="Disaggregated Multi-Tower training for recommendation models")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -100,6 +126,15 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="run directory or model.pt")
     p.add_argument("--out", help="JSON file for the metrics")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("verify", help="prove a sharded run equals the one-device model")
+    _add_config(p)
+    p.add_argument("--hosts", type=int, required=True)
+    p.add_argument("--ranks-per-host", type=int, required=True)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--tolerance", type=float, default=1e-5)
+    p.add_argument("--out", required=True, help="JSON file")
+    p.set_defaults(func=cmd_verify)
 
     data = sub.add_parser("data", help="data sources").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     p = data.add_parser("describe", help="features, sizes and (synthetic) the planted truth")

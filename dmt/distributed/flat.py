@@ -20,7 +20,7 @@ def flat_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     """dm: DistributedModel in flat mode. dense [B, num_dense], sparse (B samples) -> logits [B]."""
     model, plan, d = dm.model, dm.plan, dm.model.dim
     served = [plan.features_served_by(r) for r in range(plan.layout.world)]
-    ids, sizes = send_ids(dm.world_ex, sparse, served, "ids")  # (1)
+    ids, sizes = send_ids(dm.world_ex, sparse, served, "ids", plan.id_dtype)  # (1)
     pooled = dm.pool(ids)  # (2) [sum(sizes), n_me * d]
     rows = return_rows(dm.world_ex, pooled, sizes, [len(s) * d for s in served], sparse.batch_size, "pooled")  # (3)
     per_feature = {}

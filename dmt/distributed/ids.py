@@ -16,9 +16,11 @@ from dmt.distributed.comm import Exchange
 from dmt.sparse import KeyedJagged
 
 
-def send_ids(ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str) -> tuple[KeyedJagged, list[int]]:
+def send_ids(ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str,
+             id_dtype: torch.dtype = torch.int64) -> tuple[KeyedJagged, list[int]]:
     """serves[j]: the features member j serves. -> (ids for serves[me] from every member, stacked by
-    source member; samples per source [size]). Lengths travel as int32, ids as int64."""
+    source member; samples per source [size]). Lengths travel as int32, ids as `id_dtype` (int32
+    when every table has fewer than 2^31 rows)."""
     parts = kj.per_key()
     mine = serves[ex.index]
     lengths, values, weights, counts = [], [], [], []
@@ -33,7 +35,7 @@ def send_ids(ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str)
     send_l, send_v = [c[0] for c in counts], [c[1] for c in counts]
     recv_l, recv_v = [c[0] for c in recv], [c[1] for c in recv]
     got_l = ex.all_to_all(torch.cat(lengths).to(torch.int32), send_l, recv_l, f"{phase}.lengths").long()
-    got_v = ex.all_to_all(torch.cat(values), send_v, recv_v, f"{phase}.ids")
+    got_v = ex.all_to_all(torch.cat(values).to(id_dtype), send_v, recv_v, f"{phase}.ids").long()
     got_w = ex.all_to_all(torch.cat(weights), send_v, recv_v, f"{phase}.weights") if weights else None
 
     n = len(mine)

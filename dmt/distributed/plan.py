@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from dmt.data.base import FeatureSpec
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
@@ -35,6 +37,11 @@ class ShardingPlan:
     table_owner: dict[str, int]  # table -> global rank
     tower_host: tuple[int, ...]  # tower -> host (sptt); empty for flat
     feature_table: dict[str, str]
+    max_rows: int = 0  # rows of the largest table: ids travel as int32 below 2^31
+
+    @property
+    def id_dtype(self) -> torch.dtype:
+        return torch.int32 if self.max_rows < 2**31 else torch.int64
 
     def features_served_by(self, rank: int) -> list[str]:
         """Features whose table lives on `rank`, in feature order."""
@@ -55,7 +62,8 @@ def plan_flat(features: list[FeatureSpec], dim: int, layout: Layout) -> Sharding
     costs = table_costs(features, dim)
     tables = list(costs)
     owner = lpt([costs[t] for t in tables], layout.world)
-    return ShardingPlan("flat", layout, dict(zip(tables, owner, strict=True)), (), {f.name: f.table for f in features})
+    return ShardingPlan("flat", layout, dict(zip(tables, owner, strict=True)), (), {f.name: f.table for f in features},
+                        max(f.num_embeddings for f in features))
 
 
 def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, layout: Layout) -> ShardingPlan:
@@ -80,4 +88,5 @@ def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, la
         owner.update({tb: layout.rank(h, l) for tb, l in zip(tables, local, strict=True)})
     table_order = {f.table: None for f in features}  # keep feature order for determinism
     owner = {tb: owner[tb] for tb in table_order}
-    return ShardingPlan("sptt", layout, owner, tuple(tower_host), {f.name: f.table for f in features})
+    return ShardingPlan("sptt", layout, owner, tuple(tower_host), {f.name: f.table for f in features},
+                        max(f.num_embeddings for f in features))

@@ -1,4 +1,4 @@
-"""SPTT, the Semantic-preserving Tower Transform: the whole forward dataflow in one place.
+r"""SPTT, the Semantic-preserving Tower Transform: the whole forward dataflow in one place.
 
 H hosts x L ranks; rank (h, l). Tower t lives on host g(t); its tables live on ranks of g(t).
 B samples per rank. Example H = 2, L = 2, towers A (host 0) and B (host 1):
@@ -36,10 +36,10 @@ def sptt_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     host_features = [[f for t in plan.towers_on(g) for f in model.towers[t]] for g in range(layout.hosts)]
 
     # (1) peer id all-to-all: my ids of host g's towers go to (g, my local index)
-    rail_ids, rail_sizes = send_ids(dm.peer_ex, sparse, host_features, "peer_ids")  # H*B samples
+    rail_ids, rail_sizes = send_ids(dm.peer_ex, sparse, host_features, "peer_ids", plan.id_dtype)  # H*B samples
     # (2) intra-host id all-to-all: to the rank of my host that owns each table
     served = [plan.features_served_by(r) for r in layout.host_ranks(host)]
-    own_ids, own_sizes = send_ids(dm.intra_ex, rail_ids, served, "intra_ids")
+    own_ids, own_sizes = send_ids(dm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
     # (3) lookup and pooling of the tables I own
     pooled = dm.pool(own_ids)  # [L*H*B, n_me * d]
     # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples

@@ -86,8 +86,8 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     return Trainee(source, model, net, named, optimizers, topo)
 
 
-def train_step(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
-    """One optimizer step on this rank's batch. -> (local loss, logits [B])."""
+def forward_backward(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
+    """Gradients of the global-batch mean loss on this rank's parameters. -> (local loss, logits [B])."""
     logits = t.net(batch.dense, batch.sparse)
     loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
     for opt in t.optimizers:
@@ -95,9 +95,15 @@ def train_step(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
     (loss / t.world).backward()
     if t.dm is not None:
         t.dm.sync_gradients()
+    return float(loss.detach()), logits.detach()
+
+
+def train_step(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
+    """One optimizer step on this rank's batch. -> (local loss, logits [B])."""
+    result = forward_backward(t, batch)
     for opt in t.optimizers:
         opt.step()
-    return float(loss.detach()), logits.detach()
+    return result
 
 
 @torch.no_grad()
