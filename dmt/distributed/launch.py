@@ -94,5 +94,6 @@ def launch(nproc: int, fn: Callable, cfg: Config, ranks_per_host: int | None, *a
         how = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
         failed = sorted(e.failures)
         raise RankFailure(
-            f"lost rank {rank} ({how}); the launcher stopped all {nproc} ranks. Failed ranks: {failed}", 1
+            f"lost rank {rank} (pid {failure.pid}, {how}); the launcher stopped all {nproc} ranks. "
+            f"Failed ranks: {failed}", 1
         ) from None

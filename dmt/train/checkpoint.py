@@ -41,13 +41,15 @@ def flat_state(named_params: list[tuple[str, nn.Parameter]], model_state: dict[s
     return out
 
 
-def restore(state: dict[str, Tensor], model: nn.Module, named_params: list[tuple[str, nn.Parameter]],
-            optimizers: list[torch.optim.Optimizer], strict: bool = True) -> int:
-    """Load a flat state into `model` (only the parameters named in it) and the optimizers. -> step"""
+def restore(state: dict[str, Tensor], model: nn.Module, held: set[str], named_params: list[tuple[str, nn.Parameter]],
+            optimizers: list[torch.optim.Optimizer]) -> int:
+    """Load a flat state into `model` and the optimizers; `held`: the model keys this rank must get.
+    -> step"""
     weights = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    if strict and (missing or unexpected):
+    if set(weights) != held:
+        missing, unexpected = sorted(held - set(weights)), sorted(set(weights) - held)
         raise UserError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    model.load_state_dict(weights, strict=False)
     name_of = {id(p): n for n, p in named_params}
     for opt in optimizers:
         for group in opt.param_groups:

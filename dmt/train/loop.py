@@ -153,14 +153,14 @@ def resume_from(t: Trainee, out: Path) -> int:
         if not (out / ckpt.FILE).exists():
             return 0
         _, state = ckpt.load_file(out)
-        return ckpt.restore(state, t.model, t.named, t.optimizers)
+        return ckpt.restore(state, t.model, set(t.model.state_dict()), t.named, t.optimizers)
     location = ckpt.sharded_location(out)
     if location is None:
         return 0
     held = t.dm.state_dict_held()
     state = ckpt.load_sharded(location, [f"model/{n}" for n in held] + ["step"],
                               prefixes=tuple(f"optim/{n}/" for n, _ in t.named))
-    return ckpt.restore(state, t.model, t.named, t.optimizers)
+    return ckpt.restore(state, t.model, set(held), t.named, t.optimizers)
 
 
 def _mean_over_ranks(t: Trainee, values: dict[str, float]) -> dict[str, float]:

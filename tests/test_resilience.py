@@ -1,0 +1,94 @@
+"""Resume equals an uninterrupted run; losing a rank stops every rank with a clear message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from dmt.train.checkpoint import load_file
+from dmt.train.run import _train_rank
+
+from .dist_helpers import run_ranks, small_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_resumed_sptt_run_equals_uninterrupted(tmp_path):
+    cfg = small_config("configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=6")
+    half = small_config("configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=3")
+    run_ranks(2, 2, _train_rank, cfg, str(tmp_path / "full"), False)
+    run_ranks(2, 2, _train_rank, half, str(tmp_path / "resumed"), False)
+    run_ranks(2, 2, _train_rank, cfg, str(tmp_path / "resumed"), True)
+    _, full = load_file(tmp_path / "full")
+    _, resumed = load_file(tmp_path / "resumed")
+    assert int(full["step"]) == int(resumed["step"]) == 6
+    assert full.keys() == resumed.keys()
+    assert any(k.startswith("optim/") for k in full)
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0, msg=k)
+
+
+def test_one_device_resume_equals_uninterrupted(tmp_path):
+    from dmt.train.loop import train
+
+    cfg = small_config("configs/synthetic_dlrm.toml", "train.steps=6")
+    half = small_config("configs/synthetic_dlrm.toml", "train.steps=3")
+    train(cfg, tmp_path / "full")
+    train(half, tmp_path / "resumed")
+    train(cfg, tmp_path / "resumed", resume=True)
+    _, full = load_file(tmp_path / "full")
+    _, resumed = load_file(tmp_path / "resumed")
+    for k in full:
+        torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0, msg=k)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def _workers(launcher: int) -> list[int]:
+    """The launcher's worker processes (spawned interpreters, not its resource tracker)."""
+    out = []
+    for pid in _children(launcher):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"spawn_main" in cmd:
+            out.append(pid)
+    return out
+
+
+def test_killing_a_rank_stops_every_rank(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dmt", "train", "--config", "configs/synthetic_dlrm.toml", "--nproc", "2",
+         "--set", "train.steps=1000000", "train.batch_size=64", "train.progress=false", "--out", str(tmp_path / "run")],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        workers: list[int] = []
+        deadline = time.time() + 120
+        while len(workers) < 2 and time.time() < deadline:
+            time.sleep(0.5)
+            workers = _workers(proc.pid)
+        assert len(workers) == 2, "workers did not start"
+        time.sleep(8)  # well into training
+        assert proc.poll() is None
+        os.kill(workers[1], signal.SIGKILL)
+        t0 = time.time()
+        _, err = proc.communicate(timeout=60)
+        assert time.time() - t0 < 60
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert f"(pid {workers[1]}, signal SIGKILL)" in err and "dmt: error: lost rank" in err, err[-2000:]
+    assert not Path(f"/proc/{workers[0]}").exists(), "the surviving rank was left running"
