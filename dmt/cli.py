@@ -24,7 +24,11 @@ class _Parser(argparse.ArgumentParser):
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
     p.add_argument("--config", required=required, help="TOML config file (configs/*.toml)")
     p.add_argument(
-        "--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+        "--set",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
         help="override config keys, e.g. --set train.steps=20 dist.mode=sptt",
     )
 
@@ -52,18 +56,54 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from dmt.data import make_source
-    from dmt.models.build import build_model
-    from dmt.train.checkpoint import load_checkpoint
-    from dmt.train.loop import evaluate
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Flat baseline and SPTT + Tower Modules side by side on the same data and cluster."""
+    from dmt.config import load_config
+    from dmt.train.report import print_comparison
+    from dmt.train.run import run_training
 
-    cfg, state, _, step = load_checkpoint(args.checkpoint)
-    source = make_source(cfg.data)
-    model = build_model(cfg.model, source.features, source.num_dense)
-    model.load_state_dict(state)
-    result = {**evaluate(model, source, cfg.train.eval_batch_size), "step": step, "model": model.name}
-    result.update(source.optimal_metrics() or {})
+    out = Path(args.out)
+    runs = [
+        ("flat", ["dist.mode=flat", "model.tower_module=identity", "model.compression_ratio=1"]),
+        (
+            f"sptt+tm cr{args.compression_ratio:g}",
+            ["dist.mode=sptt", "model.tower_module=compress", f"model.compression_ratio={args.compression_ratio}"],
+        ),
+    ]
+    rows = []
+    for name, overrides in runs:
+        cfg = load_config(args.config, [*overrides, *args.set])
+        print(f"== {name}: {args.hosts} hosts x {args.ranks_per_host} ranks", flush=True)
+        summary = run_training(
+            cfg, out / name.split()[0], nproc=args.hosts * args.ranks_per_host, ranks_per_host=args.ranks_per_host
+        )
+        rows.append({"name": name, "summary": summary})
+    print()
+    print_comparison(rows)
+    flat, sptt = rows[0]["summary"], rows[1]["summary"]
+    result = {
+        "runs": {r["name"]: r["summary"] for r in rows},
+        "speedup": sptt["examples_per_s"] / flat["examples_per_s"],
+        "cross_host_bytes_ratio": sptt["comm"]["cross_host_bytes"] / max(flat["comm"]["cross_host_bytes"], 1),
+        "auc_difference": sptt["auc"] - flat["auc"],
+    }
+    print(
+        f"\nSPTT+TM vs flat: {result['speedup']:.2f}x examples/s, "
+        f"{result['cross_host_bytes_ratio']:.2f}x cross-host bytes, AUC {result['auc_difference']:+.4f}"
+    )
+    _write_json(out / "summary.json", result)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from dmt.train.checkpoint import load_file
+    from dmt.train.loop import build, evaluate
+
+    cfg, state = load_file(args.checkpoint)
+    t = build(cfg)
+    t.model.load_state_dict({k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")})
+    result = {**evaluate(t, cfg.train.eval_batch_size), "step": int(state["step"]), "model": t.model.name}
+    result.update(t.source.optimal_metrics() or {})
     print(json.dumps(result, indent=2))
     if args.out:
         _write_json(args.out, result)
@@ -77,7 +117,9 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     info = make_source(cfg.data).describe()
     for f in info["features"]:
-        print(f"{f['name']:>12}  table={f['table']:<10} rows={f['cardinality']:>9}  ids/sample={f['pooling_factor']:.2f}")
+        print(
+            f"{f['name']:>12}  table={f['table']:<10} rows={f['cardinality']:>9}  ids/sample={f['pooling_factor']:.2f}"
+        )
     for key in ("planted_groups", "optimal_auc", "optimal_logloss", "rows", "malformed_rows"):
         if key in info:
             print(f"{key}: {info[key]}")
@@ -98,9 +140,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     diffs = launch(layout.world, verify_rank, cfg, layout.ranks_per_host, args.steps)[0]
     ok = max(diffs.values()) <= args.tolerance
     result = {
-        "ok": ok, "max_abs_diff": diffs, "tolerance": args.tolerance, "steps": args.steps,
+        "ok": ok,
+        "max_abs_diff": diffs,
+        "tolerance": args.tolerance,
+        "steps": args.steps,
         "world": {"hosts": layout.hosts, "ranks_per_host": layout.ranks_per_host},
-        "mode": cfg.dist.mode, "arch": cfg.model.arch,
+        "mode": cfg.dist.mode,
+        "arch": cfg.model.arch,
     }
     print(
         f"verify {cfg.model.arch} {cfg.dist.mode} on {layout.hosts}x{layout.ranks_per_host}, {args.steps} steps: "
@@ -122,6 +168,15 @@ def make_parser() -> argparse.ArgumentParser:
     _add_cluster(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("demo", help="flat and SPTT+TM side by side on a local multi-process cluster")
+    _add_config(p, required=False)
+    p.set_defaults(config="configs/demo.toml")
+    p.add_argument("--hosts", type=int, default=2)
+    p.add_argument("--ranks-per-host", type=int, default=2)
+    p.add_argument("--compression-ratio", type=float, default=4.0)
+    p.add_argument("--out", default="runs/demo", help="directory for both runs and summary.json")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("eval", help="evaluate a checkpoint on the held-out data")
     p.add_argument("--checkpoint", required=True, help="run directory or model.pt")
     p.add_argument("--out", help="JSON file for the metrics")
@@ -136,7 +191,9 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file")
     p.set_defaults(func=cmd_verify)
 
-    data = sub.add_parser("data", help="data sources").add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    data = sub.add_parser("data", help="data sources").add_subparsers(
+        dest="data_command", required=True, parser_class=_Parser
+    )
     p = data.add_parser("describe", help="features, sizes and (synthetic) the planted truth")
     _add_config(p)
     p.add_argument("--out", required=True, help="JSON file")

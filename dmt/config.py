@@ -154,9 +154,7 @@ _SECTIONS: dict[str, type] = {
 def config_from_dict(tree: dict) -> Config:
     _check_unknown(tree, Config)
     try:
-        cfg = dacite.from_dict(
-            Config, tree, config=dacite.Config(strict=True, type_hooks={float: _float_hook})
-        )
+        cfg = dacite.from_dict(Config, tree, config=dacite.Config(strict=True, type_hooks={float: _float_hook}))
     except dacite.WrongTypeError as e:
         allowed = get_args(e.field_type) or (e.field_type,)
         raise UserError(
@@ -219,8 +217,7 @@ def validate(cfg: Config) -> None:
         raise UserError(f"model.num_towers must be >= 0, got {m.num_towers}")
     if m.arch == "dlrm" and m.bottom_mlp and m.bottom_mlp[-1] != m.embedding_dim:
         raise UserError(
-            f"model.bottom_mlp must end in model.embedding_dim={m.embedding_dim} for DLRM, "
-            f"got {m.bottom_mlp}"
+            f"model.bottom_mlp must end in model.embedding_dim={m.embedding_dim} for DLRM, got {m.bottom_mlp}"
         )
     for name, widths in (("bottom_mlp", m.bottom_mlp), ("top_mlp", m.top_mlp), ("deep_mlp", m.deep_mlp)):
         if any(w <= 0 for w in widths):

@@ -28,9 +28,7 @@ class KeyedJagged:
 
     def __post_init__(self) -> None:
         if self.lengths.numel() % max(len(self.keys), 1) != 0:
-            raise ValueError(
-                f"lengths has {self.lengths.numel()} entries, not a multiple of {len(self.keys)} keys"
-            )
+            raise ValueError(f"lengths has {self.lengths.numel()} entries, not a multiple of {len(self.keys)} keys")
 
     @property
     def batch_size(self) -> int:
@@ -50,7 +48,7 @@ class KeyedJagged:
         values = torch.split(self.values, counts)
         lengths = self.lengths_per_key().unbind(0)
         weights = torch.split(self.weights, counts) if self.weights is not None else [None] * len(counts)
-        return {k: (v, l, w) for k, v, l, w in zip(self.keys, values, lengths, weights, strict=True)}
+        return {k: (v, n, w) for k, v, n, w in zip(self.keys, values, lengths, weights, strict=True)}
 
     def select(self, keys: list[str]) -> KeyedJagged:
         """The same samples with only `keys`, in that order."""
@@ -61,11 +59,11 @@ class KeyedJagged:
         return KeyedJagged.concat_keys([parts[k] for k in keys], keys, self.batch_size)
 
     @staticmethod
-    def concat_keys(
-        parts: list[tuple[Tensor, Tensor, Tensor | None]], keys: list[str], batch_size: int
-    ) -> KeyedJagged:
+    def concat_keys(parts: list[tuple[Tensor, Tensor, Tensor | None]], keys: list[str], batch_size: int) -> KeyedJagged:
         if not parts:
-            return KeyedJagged(keys=[], values=torch.empty(0, dtype=torch.long), lengths=torch.empty(0, dtype=torch.long))
+            return KeyedJagged(
+                keys=[], values=torch.empty(0, dtype=torch.long), lengths=torch.empty(0, dtype=torch.long)
+            )
         values = torch.cat([p[0] for p in parts])
         lengths = torch.cat([p[1] for p in parts])
         has_w = [p[2] is not None for p in parts]

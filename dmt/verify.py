@@ -43,7 +43,7 @@ def verify_rank(cfg: Config, topo: Topology, steps: int) -> dict:
         mine = batch.slice_samples(rank * bs, (rank + 1) * bs)
         _, ref_logits = forward_backward(ref, batch)
         _, logits = forward_backward(sharded, mine)
-        diffs[0] = max(diffs[0], _max_diff(logits, ref_logits[rank * bs:(rank + 1) * bs]))
+        diffs[0] = max(diffs[0], _max_diff(logits, ref_logits[rank * bs : (rank + 1) * bs]))
         for name, p in sharded.named:
             diffs[1] = max(diffs[1], _max_diff(p.grad, ref_params[name].grad))
         for opt in ref.optimizers + sharded.optimizers:

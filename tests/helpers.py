@@ -19,8 +19,9 @@ def tiny_features(num: int = 6, shared: bool = True) -> list[FeatureSpec]:
     return feats
 
 
-def random_batch(features: list[FeatureSpec], batch_size: int, num_dense: int, seed: int = 0,
-                 weights: bool = False) -> Batch:
+def random_batch(
+    features: list[FeatureSpec], batch_size: int, num_dense: int, seed: int = 0, weights: bool = False
+) -> Batch:
     """Multi-hot batch, lengths 0..4 (empty bags included)."""
     g = torch.Generator().manual_seed(seed)
     lengths, values = [], []
@@ -30,7 +31,9 @@ def random_batch(features: list[FeatureSpec], batch_size: int, num_dense: int, s
         values.append(torch.randint(0, f.num_embeddings, (int(ln.sum()),), generator=g))
     vals = torch.cat(values)
     sparse = KeyedJagged(
-        keys=[f.name for f in features], values=vals, lengths=torch.cat(lengths),
+        keys=[f.name for f in features],
+        values=vals,
+        lengths=torch.cat(lengths),
         weights=torch.rand(vals.numel(), generator=g) if weights else None,
     )
     return Batch(

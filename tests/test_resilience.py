@@ -69,9 +69,27 @@ def _workers(launcher: int) -> list[int]:
 def test_killing_a_rank_stops_every_rank(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "dmt", "train", "--config", "configs/synthetic_dlrm.toml", "--nproc", "2",
-         "--set", "train.steps=1000000", "train.batch_size=64", "train.progress=false", "--out", str(tmp_path / "run")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dmt",
+            "train",
+            "--config",
+            "configs/synthetic_dlrm.toml",
+            "--nproc",
+            "2",
+            "--set",
+            "train.steps=1000000",
+            "train.batch_size=64",
+            "train.progress=false",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         workers: list[int] = []

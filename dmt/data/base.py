@@ -36,9 +36,7 @@ class DataSource(ABC):
     num_dense: int
 
     @abstractmethod
-    def train_batches(
-        self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0
-    ) -> Iterator[Batch]:
+    def train_batches(self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[Batch]:
         """Endless (or epoch-bounded) stream of this rank's [batch_size] batches from `start_step`."""
 
     @abstractmethod

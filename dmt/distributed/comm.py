@@ -49,8 +49,15 @@ class CommCounter:
 class Exchange:
     """All-to-alls among `members` (global ranks, in group order) over `group`."""
 
-    def __init__(self, group: dist.ProcessGroup | None, members: list[int], rank: int, layout: Layout,
-                 counter: CommCounter, name: str) -> None:
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None,
+        members: list[int],
+        rank: int,
+        layout: Layout,
+        counter: CommCounter,
+        name: str,
+    ) -> None:
         self.group, self.members, self.layout, self.counter, self.name = group, members, layout, counter, name
         self.size = len(members)
         self.index = members.index(rank)

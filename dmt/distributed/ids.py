@@ -16,8 +16,9 @@ from dmt.distributed.comm import Exchange
 from dmt.sparse import KeyedJagged
 
 
-def send_ids(ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str,
-             id_dtype: torch.dtype = torch.int64) -> tuple[KeyedJagged, list[int]]:
+def send_ids(
+    ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str, id_dtype: torch.dtype = torch.int64
+) -> tuple[KeyedJagged, list[int]]:
     """serves[j]: the features member j serves. -> (ids for serves[me] from every member, stacked by
     source member; samples per source [size]). Lengths travel as int32, ids as `id_dtype` (int32
     when every table has fewer than 2^31 rows)."""
@@ -41,12 +42,15 @@ def send_ids(ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str,
     n = len(mine)
     sizes = [c // n if n else 0 for c in recv_l]
     by_source = []
-    for ln, v, w, b in zip(got_l.split(recv_l), got_v.split(recv_v), _split(got_w, recv_v), sizes, strict=True):
-        if n:
+    if n:
+        for ln, v, w in zip(got_l.split(recv_l), got_v.split(recv_v), _split(got_w, recv_v), strict=True):
             by_source.append(KeyedJagged(mine, v, ln, w).per_key())
     parts_out = [
-        (torch.cat([s[f][0] for s in by_source]), torch.cat([s[f][1] for s in by_source]),
-         torch.cat([s[f][2] for s in by_source]) if got_w is not None else None)
+        (
+            torch.cat([s[f][0] for s in by_source]),
+            torch.cat([s[f][1] for s in by_source]),
+            torch.cat([s[f][2] for s in by_source]) if got_w is not None else None,
+        )
         for f in mine
     ]
     return KeyedJagged.concat_keys(parts_out, mine, sum(sizes)), sizes
@@ -56,7 +60,9 @@ def _split(t: Tensor | None, sizes: list[int]) -> list[Tensor | None]:
     return list(t.split(sizes)) if t is not None else [None] * len(sizes)
 
 
-def return_rows(ex: Exchange, rows: Tensor, sizes: list[int], widths: list[int], batch: int, phase: str) -> list[Tensor]:
+def return_rows(
+    ex: Exchange, rows: Tensor, sizes: list[int], widths: list[int], batch: int, phase: str
+) -> list[Tensor]:
     """rows [sum(sizes), width]: this rank's output for the samples it received (stacked by source).
     widths[j]: the row width member j returns. -> [batch, widths[j]] from every member j."""
     width = rows.shape[1]

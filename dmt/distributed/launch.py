@@ -70,8 +70,9 @@ def run_rank(fn: Callable, cfg: Config, ranks_per_host: int | None, *args):
         raise SystemExit(2) from None
 
 
-def launch(nproc: int, fn: Callable, cfg: Config, ranks_per_host: int | None, *args,
-           start_method: str = "spawn") -> dict[int, object]:
+def launch(
+    nproc: int, fn: Callable, cfg: Config, ranks_per_host: int | None, *args, start_method: str = "spawn"
+) -> dict[int, object]:
     """Run `run_rank(fn, cfg, ranks_per_host, *args)` on nproc local ranks. -> {rank: return value}
     `start_method` "fork" starts faster (tests); "spawn" is the safe default."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -81,9 +82,15 @@ def launch(nproc: int, fn: Callable, cfg: Config, ranks_per_host: int | None, *a
     for name in ("torch.distributed.elastic", "torchelastic-events-null", "torch.distributed.launcher"):
         logging.getLogger(name).setLevel(logging.ERROR)
     config = LaunchConfig(
-        min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{free_port()}", max_restarts=0,
-        monitor_interval=0.2, start_method=start_method,
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d",
+        rdzv_endpoint=f"127.0.0.1:{free_port()}",
+        max_restarts=0,
+        monitor_interval=0.2,
+        start_method=start_method,
     )
     try:
         return elastic_launch(config, run_rank)(fn, cfg, ranks_per_host, *args)
@@ -95,5 +102,6 @@ def launch(nproc: int, fn: Callable, cfg: Config, ranks_per_host: int | None, *a
         failed = sorted(e.failures)
         raise RankFailure(
             f"lost rank {rank} (pid {failure.pid}, {how}); the launcher stopped all {nproc} ranks. "
-            f"Failed ranks: {failed}", 1
+            f"Failed ranks: {failed}",
+            1,
         ) from None

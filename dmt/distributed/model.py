@@ -36,7 +36,9 @@ class DistributedModel(nn.Module):
             self.held_towers = list(range(len(model.towers)))
         self.counter = CommCounter()
         self.world_ex = Exchange(topo.world_group, list(range(layout.world)), self.rank, layout, self.counter, "global")
-        self.intra_ex = Exchange(topo.intra_group, layout.host_ranks(topo.host), self.rank, layout, self.counter, "intra")
+        self.intra_ex = Exchange(
+            topo.intra_group, layout.host_ranks(topo.host), self.rank, layout, self.counter, "intra"
+        )
         self.peer_ex = Exchange(topo.peer_group, layout.peer_ranks(topo.local), self.rank, layout, self.counter, "peer")
 
     # ---- what this rank holds --------------------------------------------------------------
@@ -66,8 +68,11 @@ class DistributedModel(nn.Module):
     def pool(self, ids: KeyedJagged) -> Tensor:
         """Ids of features I serve (any number of samples S) -> [S, n * d] in ids.keys order."""
         if not ids.keys:
-            return self.model.embeddings.tables[self.owned_tables[0]].weight.new_zeros(0, 0) \
-                if self.owned_tables else torch.zeros(0, 0)
+            return (
+                self.model.embeddings.tables[self.owned_tables[0]].weight.new_zeros(0, 0)
+                if self.owned_tables
+                else torch.zeros(0, 0)
+            )
         per_feature = self.model.embeddings(ids)
         return torch.cat([per_feature[f] for f in ids.keys], 1)
 
@@ -97,5 +102,5 @@ class DistributedModel(nn.Module):
         dist.all_reduce(flat, group=group)
         offset = 0
         for g in grads:
-            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()

@@ -62,8 +62,14 @@ def plan_flat(features: list[FeatureSpec], dim: int, layout: Layout) -> Sharding
     costs = table_costs(features, dim)
     tables = list(costs)
     owner = lpt([costs[t] for t in tables], layout.world)
-    return ShardingPlan("flat", layout, dict(zip(tables, owner, strict=True)), (), {f.name: f.table for f in features},
-                        max(f.num_embeddings for f in features))
+    return ShardingPlan(
+        "flat",
+        layout,
+        dict(zip(tables, owner, strict=True)),
+        (),
+        {f.name: f.table for f in features},
+        max(f.num_embeddings for f in features),
+    )
 
 
 def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, layout: Layout) -> ShardingPlan:
@@ -84,9 +90,15 @@ def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, la
     owner: dict[str, int] = {}
     for h in range(layout.hosts):
         tables = [tb for tb, tw in table_tower.items() if tower_host[tw] == h]
-        local = lpt([costs[tb] for tb in tables], layout.ranks_per_host)
-        owner.update({tb: layout.rank(h, l) for tb, l in zip(tables, local, strict=True)})
+        slots = lpt([costs[tb] for tb in tables], layout.ranks_per_host)
+        owner.update({tb: layout.rank(h, slot) for tb, slot in zip(tables, slots, strict=True)})
     table_order = {f.table: None for f in features}  # keep feature order for determinism
     owner = {tb: owner[tb] for tb in table_order}
-    return ShardingPlan("sptt", layout, owner, tuple(tower_host), {f.name: f.table for f in features},
-                        max(f.num_embeddings for f in features))
+    return ShardingPlan(
+        "sptt",
+        layout,
+        owner,
+        tuple(tower_host),
+        {f.name: f.table for f in features},
+        max(f.num_embeddings for f in features),
+    )

@@ -43,8 +43,9 @@ def sptt_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     # (3) lookup and pooling of the tables I own
     pooled = dm.pool(own_ids)  # [L*H*B, n_me * d]
     # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples
-    rows = return_rows(dm.intra_ex, pooled, own_sizes, [len(s) * d for s in served], rail_ids.batch_size,
-                       "intra_pooled")
+    rows = return_rows(
+        dm.intra_ex, pooled, own_sizes, [len(s) * d for s in served], rail_ids.batch_size, "intra_pooled"
+    )
     per_feature = {}
     for feats, block in zip(served, rows, strict=True):
         per_feature.update(zip(feats, block.split(d, dim=1), strict=True))

@@ -27,7 +27,9 @@ class Layout:
 
     def __post_init__(self) -> None:
         if self.hosts < 1 or self.ranks_per_host < 1:
-            raise UserError(f"topology needs hosts >= 1 and ranks per host >= 1, got {self.hosts}x{self.ranks_per_host}")
+            raise UserError(
+                f"topology needs hosts >= 1 and ranks per host >= 1, got {self.hosts}x{self.ranks_per_host}"
+            )
 
     @staticmethod
     def for_world(world: int, ranks_per_host: int) -> Layout:
@@ -52,7 +54,7 @@ class Layout:
         return host * self.ranks_per_host + local
 
     def host_ranks(self, host: int) -> list[int]:
-        return [self.rank(host, l) for l in range(self.ranks_per_host)]
+        return [self.rank(host, local) for local in range(self.ranks_per_host)]
 
     def peer_ranks(self, local: int) -> list[int]:
         return [self.rank(h, local) for h in range(self.hosts)]
@@ -88,8 +90,8 @@ class Topology:
             g = dist.new_group(layout.host_ranks(h))
             if h == topo.host:
                 topo.intra_group = g
-        for l in range(layout.ranks_per_host):
-            g = dist.new_group(layout.peer_ranks(l))
-            if l == topo.local:
+        for local in range(layout.ranks_per_host):
+            g = dist.new_group(layout.peer_ranks(local))
+            if local == topo.local:
                 topo.peer_group = g
         return topo

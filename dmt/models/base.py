@@ -22,9 +22,7 @@ from dmt.sparse import KeyedJagged
 class MultiTowerModel(nn.Module):
     family: str = ""
 
-    def __init__(
-        self, features: list[FeatureSpec], towers: list[list[str]], dim: int, pooling: str
-    ) -> None:
+    def __init__(self, features: list[FeatureSpec], towers: list[list[str]], dim: int, pooling: str) -> None:
         super().__init__()
         self.feature_names = [f.name for f in features]
         self.towers = [list(t) for t in towers]

@@ -38,9 +38,7 @@ def resolve_towers(cfg: ModelConfig, feature_names: list[str]) -> list[list[str]
         towers = read_towers_file(cfg.towers_file)
     elif cfg.num_towers > 0:
         if cfg.num_towers > len(feature_names):
-            raise UserError(
-                f"model.num_towers={cfg.num_towers} exceeds the {len(feature_names)} features"
-            )
+            raise UserError(f"model.num_towers={cfg.num_towers} exceeds the {len(feature_names)} features")
         size, extra = divmod(len(feature_names), cfg.num_towers)
         towers, start = [], 0
         for t in range(cfg.num_towers):
@@ -68,8 +66,7 @@ def compression_ratios(cfg: ModelConfig, num_towers: int) -> list[float]:
     if cfg.tower_compression_ratios:
         if len(cfg.tower_compression_ratios) != num_towers:
             raise UserError(
-                f"model.tower_compression_ratios has {len(cfg.tower_compression_ratios)} values "
-                f"for {num_towers} towers"
+                f"model.tower_compression_ratios has {len(cfg.tower_compression_ratios)} values for {num_towers} towers"
             )
         return list(cfg.tower_compression_ratios)
     return [cfg.compression_ratio] * num_towers
@@ -84,13 +81,29 @@ def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -
     ratios = compression_ratios(cfg, len(towers))
     if cfg.arch == "dlrm":
         return DLRM(
-            features, num_dense, towers, dim=cfg.embedding_dim, pooling=cfg.pooling,
-            bottom_mlp=cfg.bottom_mlp, top_mlp=cfg.top_mlp, tower_module=tower_module,
-            compression_ratios=ratios, tower_hidden=cfg.tower_hidden,
+            features,
+            num_dense,
+            towers,
+            dim=cfg.embedding_dim,
+            pooling=cfg.pooling,
+            bottom_mlp=cfg.bottom_mlp,
+            top_mlp=cfg.top_mlp,
+            tower_module=tower_module,
+            compression_ratios=ratios,
+            tower_hidden=cfg.tower_hidden,
         )
     return DCN(
-        features, num_dense, towers, dim=cfg.embedding_dim, pooling=cfg.pooling,
-        bottom_mlp=cfg.bottom_mlp, deep_mlp=cfg.deep_mlp, cross_layers=cfg.cross_layers,
-        cross_rank=cfg.cross_rank, structure=cfg.structure, tower_module=tower_module,
-        compression_ratios=ratios, tower_cross_layers=cfg.tower_cross_layers,
+        features,
+        num_dense,
+        towers,
+        dim=cfg.embedding_dim,
+        pooling=cfg.pooling,
+        bottom_mlp=cfg.bottom_mlp,
+        deep_mlp=cfg.deep_mlp,
+        cross_layers=cfg.cross_layers,
+        cross_rank=cfg.cross_rank,
+        structure=cfg.structure,
+        tower_module=tower_module,
+        compression_ratios=ratios,
+        tower_cross_layers=cfg.tower_cross_layers,
     )

@@ -29,8 +29,12 @@ FILE = "model.pt"
 SHARDS = "checkpoint"
 
 
-def flat_state(named_params: list[tuple[str, nn.Parameter]], model_state: dict[str, Tensor],
-               optimizers: list[torch.optim.Optimizer], step: int) -> dict[str, Tensor]:
+def flat_state(
+    named_params: list[tuple[str, nn.Parameter]],
+    model_state: dict[str, Tensor],
+    optimizers: list[torch.optim.Optimizer],
+    step: int,
+) -> dict[str, Tensor]:
     name_of = {id(p): n for n, p in named_params}
     out = {f"model/{n}": t for n, t in model_state.items()}
     for opt in optimizers:
@@ -41,11 +45,16 @@ def flat_state(named_params: list[tuple[str, nn.Parameter]], model_state: dict[s
     return out
 
 
-def restore(state: dict[str, Tensor], model: nn.Module, held: set[str], named_params: list[tuple[str, nn.Parameter]],
-            optimizers: list[torch.optim.Optimizer]) -> int:
+def restore(
+    state: dict[str, Tensor],
+    model: nn.Module,
+    held: set[str],
+    named_params: list[tuple[str, nn.Parameter]],
+    optimizers: list[torch.optim.Optimizer],
+) -> int:
     """Load a flat state into `model` and the optimizers; `held`: the model keys this rank must get.
     -> step"""
-    weights = {k[len("model/"):]: v for k, v in state.items() if k.startswith("model/")}
+    weights = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
     if set(weights) != held:
         missing, unexpected = sorted(held - set(weights)), sorted(set(weights) - held)
         raise UserError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -56,7 +65,7 @@ def restore(state: dict[str, Tensor], model: nn.Module, held: set[str], named_pa
             for p in group["params"]:
                 name = name_of[id(p)]
                 prefix = f"optim/{name}/"
-                entries = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+                entries = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
                 if entries:
                     opt.state[p] = {k: v.clone() for k, v in entries.items()}
     return int(state["step"])

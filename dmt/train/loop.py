@@ -158,8 +158,9 @@ def resume_from(t: Trainee, out: Path) -> int:
     if location is None:
         return 0
     held = t.dm.state_dict_held()
-    state = ckpt.load_sharded(location, [f"model/{n}" for n in held] + ["step"],
-                              prefixes=tuple(f"optim/{n}/" for n, _ in t.named))
+    state = ckpt.load_sharded(
+        location, [f"model/{n}" for n in held] + ["step"], prefixes=tuple(f"optim/{n}/" for n, _ in t.named)
+    )
     return ckpt.restore(state, t.model, set(held), t.named, t.optimizers)
 
 
@@ -195,7 +196,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         if t.dm is not None:
             comm.append(t.dm.counter.snapshot())
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
-            mean_loss = float(np.mean(losses[-cfg.train.log_every:]))
+            mean_loss = float(np.mean(losses[-cfg.train.log_every :]))
             log.append({"step": step + 1, "train_logloss": mean_loss})
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:

@@ -20,12 +20,15 @@ def print_summary(s: dict) -> None:
 
 def print_comparison(rows: list[dict]) -> None:
     """Side-by-side table of several runs."""
-    head = f"{'run':<12}{'model':<10}{'AUC':>8}{'logloss':>9}{'examples/s':>12}{'step ms':>9}{'cross-host B/step':>19}{'intra-host B/step':>19}"
+    head = (
+        f"{'run':<16}{'model':<10}{'AUC':>8}{'logloss':>9}{'examples/s':>12}{'step ms':>9}"
+        f"{'cross-host B/step':>19}{'intra-host B/step':>19}"
+    )
     print(head)
     print("-" * len(head))
     for r in rows:
         s = r["summary"]
         print(
-            f"{r['name']:<12}{s['model']:<10}{s['auc']:>8.4f}{s['logloss']:>9.4f}{s['examples_per_s']:>12.0f}"
+            f"{r['name']:<16}{s['model']:<10}{s['auc']:>8.4f}{s['logloss']:>9.4f}{s['examples_per_s']:>12.0f}"
             f"{s['step_ms']['median']:>9.1f}{s['comm']['cross_host_bytes']:>19,}{s['comm']['intra_host_bytes']:>19,}"
         )

@@ -32,8 +32,9 @@ def _train_rank(cfg: Config, topo: Topology, out: str, resume: bool) -> dict:
     return train(cfg, out, resume=resume, topo=topo)
 
 
-def run_training(cfg: Config, out: str | Path, resume: bool = False, nproc: int = 0,
-                 ranks_per_host: int = 0) -> dict | None:
+def run_training(
+    cfg: Config, out: str | Path, resume: bool = False, nproc: int = 0, ranks_per_host: int = 0
+) -> dict | None:
     """-> the summary (None on ranks other than 0 under torchrun)."""
     if nproc < 0:
         raise UserError(f"--nproc must be >= 0, got {nproc}")

@@ -1,0 +1,108 @@
+"""Config loading and the command line: overrides, bad input -> one line and exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dmt.cli import main
+from dmt.config import load_config
+from dmt.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    cfg = load_config(path)
+    assert cfg.train.steps > 0
+
+
+def test_overrides_take_toml_literals():
+    cfg = load_config(ROOT / "configs/synthetic_dlrm.toml",
+                      ["train.steps=7", "model.top_mlp=[8, 4]", "dist.mode=sptt", "train.dense_lr=1"])
+    assert cfg.train.steps == 7 and cfg.model.top_mlp == [8, 4] and cfg.dist.mode == "sptt"
+    assert cfg.train.dense_lr == 1.0 and isinstance(cfg.train.dense_lr, float)
+
+
+def test_towers_file_is_relative_to_its_config():
+    cfg = load_config(ROOT / "configs/synthetic_dmt_dlrm.toml")
+    assert Path(cfg.model.towers_file).is_file()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.stpes=3"], "unknown config key 'train.stpes'"),
+        (["bogus.x=1"], "unknown config key 'bogus'"),
+        (["train.steps=many"], "config key 'train.steps' has bad value 'many'"),
+        (["dist.mode=ring"], "config key 'dist.mode' has bad value 'ring'; allowed: 'flat', 'sptt'"),
+        (["train.steps=0"], "'train.steps' must be > 0"),
+        (["model.compression_ratio=0.5"], "compression_ratio must be >= 1"),
+        (["model.bottom_mlp=[64, 8]"], "must end in model.embedding_dim=16"),
+        (["train"], "--set expects key=value"),
+    ],
+)
+def test_bad_config_values_are_user_errors(overrides, message):
+    with pytest.raises(UserError) as err:
+        load_config(ROOT / "configs/synthetic_dlrm.toml", overrides)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dmt", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--config", "configs/nope.toml", "--out", "x"], "config file not found: configs/nope.toml"),
+        (["train", "--config", "configs/synthetic_dlrm.toml", "--set", "train.steps=-1", "--out", "x"],
+         "'train.steps' must be > 0"),
+        (["train", "--config", "configs/synthetic_dlrm.toml", "--set", "model.towers_file=missing.json", "--out", "x"],
+         "model.towers_file not found: missing.json"),
+        (["train", "--config", "configs/synthetic_dlrm.toml", "--nproc", "3", "--ranks-per-host", "2", "--out", "x"],
+         "ranks per host 2 does not divide the world of 3 ranks"),
+        (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
+        (["train", "--config"], "expected one argument"),
+        (["verify", "--config", "configs/synthetic_dlrm.toml", "--hosts", "0", "--ranks-per-host", "2",
+          "--out", "x.json"], "hosts >= 1"),
+    ],
+)
+def test_cli_bad_input_exits_2_with_one_line(args, message):
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("dmt: error:"), r.stderr
+    assert message in lines[0]
+
+
+def test_bad_toml_is_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nsteps = 3\n")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+
+
+def test_sptt_table_split_over_towers_is_rejected(tmp_path):
+    """Two features reading one table must share a tower under SPTT."""
+    from dmt.config import DataConfig
+    from dmt.data.synthetic import SyntheticSource
+
+    feats = SyntheticSource(DataConfig()).features
+    shared = [f for f in feats if sum(g.table == f.table for g in feats) > 1]
+    assert shared, "the default synthetic data has shared tables"
+    names = [f.name for f in feats]
+    a = shared[0].name
+    towers = [[a], [n for n in names if n != a]]
+    path = tmp_path / "towers.json"
+    path.write_text(json.dumps({"towers": towers}))
+    r = _cli("train", "--config", "configs/synthetic_dmt_dlrm.toml", "--set", f"model.towers_file={path}",
+             "--nproc", "2", "--ranks-per-host", "1", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "SPTT keeps a table inside one tower" in r.stderr
