@@ -120,7 +120,8 @@ class SyntheticSource(DataSource):
             u = rng.standard_normal((size, s.latent_dim))
             u -= p @ u[perm]  # centre under the id law: E[latent] = 0
             cdfs.append(cdf)
-            guides.append(self._row_off[t] + np.searchsorted(cdf, np.arange(buckets[t]) / buckets[t], "right"))
+            edges = np.arange(buckets[t]) / buckets[t]
+            guides.append(self._row_off[t] + np.searchsorted(cdf, edges, "right"))
             rank_to_row.append(self._row_off[t] + perm)
             latents.append(u)
         self._cdf = np.concatenate(cdfs)  # [R] per-table cdf over ranks
@@ -134,7 +135,10 @@ class SyntheticSource(DataSource):
 
         # standardise the teacher's terms on a calibration stream
         self._norm = (0.0, 1.0, np.zeros((num_groups, 1)), np.ones((num_groups, 1)))
-        raw = [self._terms(*self._draw(CALIBRATION, c)[:3:2]) for c in range(_CALIBRATION_CHUNKS)]
+        raw = []
+        for c in range(_CALIBRATION_CHUNKS):
+            lengths, _, rows, _, _ = self._draw(CALIBRATION, c)
+            raw.append(self._terms(lengths, rows))
         first = np.concatenate([r[0] for r in raw])
         pairs = np.concatenate([r[1] for r in raw], axis=1)
         self._norm = (
@@ -144,6 +148,7 @@ class SyntheticSource(DataSource):
             pairs.std(1, keepdims=True) + 1e-12,
         )
         self._cache: OrderedDict[tuple[int, int], _Chunk] = OrderedDict()
+        self._eval_truth: tuple[np.ndarray, np.ndarray] | None = None
         self._optimal: dict[str, float] | None = None
 
     # ---- generation -------------------------------------------------------------------------
@@ -185,7 +190,8 @@ class SyntheticSource(DataSource):
         v = v.reshape(-1, nf, n)  # [d, F, n] mean-pooled latents
         first = np.einsum("dfn,fd->n", v, self._w_first)
         gsum = self._membership @ v  # [d, G, n]
-        pairs = 0.5 * (np.einsum("dgn,dgn->gn", gsum, gsum) - self._membership @ np.einsum("dfn,dfn->fn", v, v))
+        squares = self._membership @ np.einsum("dfn,dfn->fn", v, v)  # [G, n] sum_i |v_i|^2
+        pairs = 0.5 * (np.einsum("dgn,dgn->gn", gsum, gsum) - squares)  # sum_{i<j} <v_i, v_j>
         return first, pairs
 
     def _chunk(self, stream: int, chunk: int) -> _Chunk:
@@ -247,7 +253,7 @@ class SyntheticSource(DataSource):
     def train_batches(
         self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0
     ) -> Iterator[Batch]:
-        """Endless [batch_size] batches: step s holds train samples (s * world + rank) * batch_size + [0, B)."""
+        """Endless batches: step s holds train samples [(s * world + rank) * B, +B), B = batch_size."""
         _check_split(batch_size, rank, world)
         step = start_step
         while True:
@@ -264,10 +270,13 @@ class SyntheticSource(DataSource):
             yield self._samples(EVAL, start, min(start + batch_size, hi))
 
     def eval_truth(self) -> tuple[np.ndarray, np.ndarray]:
-        """True probabilities [E] float64 and labels [E] of the whole eval set."""
-        chunks = [self._chunk(EVAL, c) for c in range(-(-self.cfg.eval_samples // CHUNK))]
-        n = self.cfg.eval_samples
-        return np.concatenate([c.probs for c in chunks])[:n], np.concatenate([c.labels for c in chunks])[:n]
+        """True probabilities [E] float64 and labels [E] float32 of the whole eval set (cached)."""
+        if self._eval_truth is None:
+            n = self.cfg.eval_samples
+            chunks = [self._chunk(EVAL, c) for c in range(-(-n // CHUNK))]
+            probs, labels = (np.concatenate([getattr(c, k) for c in chunks])[:n] for k in ("probs", "labels"))
+            self._eval_truth = probs, labels
+        return self._eval_truth
 
     def optimal_metrics(self) -> dict[str, float]:
         """Bayes-optimal AUC and log loss on the eval set (the true probs scored on its labels)."""
@@ -311,7 +320,7 @@ def one_hot(batch: Batch, features: list[FeatureSpec]) -> sp.csr_matrix:
 
 
 def additive_baseline_auc(
-    source: SyntheticSource, train_samples: int = 200_000, c: float = 0.1, max_iter: int = 300
+    source: SyntheticSource, train_samples: int = 200_000, c: float = 0.03, max_iter: int = 300
 ) -> float:
     """Eval AUC of a model without feature interactions: logistic regression on `one_hot` inputs
     fitted on the first `train_samples` train samples."""
@@ -319,7 +328,7 @@ def additive_baseline_auc(
     from sklearn.metrics import roc_auc_score
 
     train = source._samples(TRAIN, 0, train_samples)
-    test = Batch.concat(list(source.eval_batches(65536)))
+    test = source._samples(EVAL, 0, source.cfg.eval_samples)
     model = LogisticRegression(C=c, max_iter=max_iter)
     model.fit(one_hot(train, source.features), train.labels.numpy())
     return float(roc_auc_score(test.labels.numpy(), model.decision_function(one_hot(test, source.features))))

@@ -22,6 +22,8 @@ class CommCounter:
     cross_host_bytes: int = 0
     messages: int = 0
     by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes (all tiers)
+    # payload of dense gradients all-reduced (not split by tier: the backend picks the algorithm)
+    allreduce_bytes: int = 0
 
     def add(self, phase: str, nbytes: int, cross_host: bool) -> None:
         if nbytes <= 0:
@@ -39,10 +41,11 @@ class CommCounter:
             "cross_host_bytes": self.cross_host_bytes,
             "messages": self.messages,
             "by_phase": dict(self.by_phase),
+            "allreduce_bytes": self.allreduce_bytes,
         }
 
     def reset(self) -> None:
-        self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
+        self.intra_host_bytes = self.cross_host_bytes = self.messages = self.allreduce_bytes = 0
         self.by_phase = {}
 
 

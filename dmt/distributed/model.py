@@ -94,11 +94,11 @@ class DistributedModel(nn.Module):
         self._all_reduce(shared_world, self.topo.world_group)
         self._all_reduce(shared_host, self.topo.intra_group)
 
-    @staticmethod
-    def _all_reduce(grads: list[Tensor], group) -> None:
+    def _all_reduce(self, grads: list[Tensor], group) -> None:
         if not grads or dist.get_world_size(group) == 1:
             return
         flat = torch.cat([g.reshape(-1) for g in grads])
+        self.counter.allreduce_bytes += flat.numel() * flat.element_size()
         dist.all_reduce(flat, group=group)
         offset = 0
         for g in grads:

@@ -211,7 +211,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     optimal = t.source.optimal_metrics() or {}
     per_step = {
         k: float(np.mean([c[k] for c in comm])) if comm else 0.0
-        for k in ("intra_host_bytes", "cross_host_bytes", "messages")
+        for k in ("intra_host_bytes", "cross_host_bytes", "messages", "allreduce_bytes")
     }
     per_step = _mean_over_ranks(t, per_step)
     phases = sorted({p for c in comm for p in c["by_phase"]})
