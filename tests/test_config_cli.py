@@ -106,3 +106,11 @@ def test_sptt_table_split_over_towers_is_rejected(tmp_path):
     r = _cli("train", "--config", "configs/synthetic_dmt_dlrm.toml", "--set", f"model.towers_file={path}",
              "--nproc", "2", "--ranks-per-host", "1", "--out", str(tmp_path / "run"))
     assert r.returncode == 2 and "SPTT keeps a table inside one tower" in r.stderr
+
+
+def test_planted_towers_file_matches_default_synthetic_data():
+    from dmt.config import DataConfig
+    from dmt.data.synthetic import SyntheticSource
+
+    towers = json.loads((ROOT / "configs/towers/synthetic_planted.json").read_text())["towers"]
+    assert towers == SyntheticSource(DataConfig()).planted_groups
