@@ -30,9 +30,9 @@ class SyntheticConfig:
 
     group_sizes: list[int] = field(default_factory=lambda: [4, 4, 8, 8])
     group_pooling: list[float] = field(default_factory=lambda: [3.0, 3.0, 1.5, 1.5])  # 12 ids/sample each
-    cardinalities: list[int] = field(default_factory=lambda: [200, 1000, 5000, 20000])  # cycled over features
+    cardinalities: list[int] = field(default_factory=lambda: [100, 500, 2000, 10000])  # cycled over features
     shared_tables: int = 2  # this many disjoint same-group feature pairs each read one shared table
-    zipf_exponent: float = 1.2
+    zipf_exponent: float = 1.4
     max_pooling: int = 12
     latent_dim: int = 3
     interaction_scale: float = 1.0  # within-group pair terms

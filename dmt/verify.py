@@ -36,10 +36,10 @@ def verify_rank(cfg: Config, topo: Topology, steps: int) -> dict:
     sharded, ref = build(cfg, topo), build(cfg, None)
     world, rank, bs = topo.layout.world, topo.rank, cfg.train.batch_size
     ref_params = dict(ref.model.named_parameters())
-    diffs = torch.zeros(3, dtype=torch.float64)
+    diffs = torch.zeros(3, dtype=torch.float64)  # outputs, gradients, parameters
     stream = ref.source.train_batches(world * bs)  # global batches; rank r's is the r-th slice
     for _ in range(steps):
-        batch = next(stream)
+        batch = next(stream).to(sharded.device)
         mine = batch.slice_samples(rank * bs, (rank + 1) * bs)
         _, ref_logits = forward_backward(ref, batch)
         _, logits = forward_backward(sharded, mine)
@@ -50,5 +50,7 @@ def verify_rank(cfg: Config, topo: Topology, steps: int) -> dict:
             opt.step()
         for name, p in sharded.named:
             diffs[2] = max(diffs[2], _max_diff(p.detach(), ref_params[name].detach()))
+    diffs = diffs.to(sharded.device)  # NCCL reduces device tensors only
     dist.all_reduce(diffs, op=dist.ReduceOp.MAX)
+    diffs = diffs.cpu()
     return {"outputs": float(diffs[0]), "gradients": float(diffs[1]), "parameters": float(diffs[2])}

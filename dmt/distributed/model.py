@@ -68,11 +68,7 @@ class DistributedModel(nn.Module):
     def pool(self, ids: KeyedJagged) -> Tensor:
         """Ids of features I serve (any number of samples S) -> [S, n * d] in ids.keys order."""
         if not ids.keys:
-            return (
-                self.model.embeddings.tables[self.owned_tables[0]].weight.new_zeros(0, 0)
-                if self.owned_tables
-                else torch.zeros(0, 0)
-            )
+            return torch.zeros(0, 0, device=ids.values.device)
         per_feature = self.model.embeddings(ids)
         return torch.cat([per_feature[f] for f in ids.keys], 1)
 

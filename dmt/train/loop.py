@@ -60,6 +60,10 @@ class Trainee:
         return self.topo.rank if self.topo else 0
 
     @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    @property
     def mode(self) -> str:
         return self.dm.plan.mode if self.dm else "single"
 
@@ -113,7 +117,7 @@ def predict(t: Trainee, batch_size: int, device: str = "cpu") -> tuple[np.ndarra
     batches = list(t.source.eval_batches(batch_size, t.rank, t.world))
     count = len(batches)
     if t.topo is not None:  # every rank must join every collective: pad with empty batches
-        n = torch.tensor([count])
+        n = torch.tensor([count], device=device)
         dist.all_reduce(n, op=dist.ReduceOp.MAX)
         empty = batches[0].slice_samples(0, 0) if batches else None
         if empty is None:
@@ -168,7 +172,7 @@ def _mean_over_ranks(t: Trainee, values: dict[str, float]) -> dict[str, float]:
     if t.topo is None:
         return values
     keys = sorted(values)
-    v = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
+    v = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=t.device)
     dist.all_reduce(v)
     return dict(zip(keys, (v / t.world).tolist(), strict=True))
 
