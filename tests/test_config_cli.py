@@ -24,8 +24,10 @@ def test_every_shipped_config_loads(path):
 
 
 def test_overrides_take_toml_literals():
-    cfg = load_config(ROOT / "configs/synthetic_dlrm.toml",
-                      ["train.steps=7", "model.top_mlp=[8, 4]", "dist.mode=sptt", "train.dense_lr=1"])
+    cfg = load_config(
+        ROOT / "configs/synthetic_dlrm.toml",
+        ["train.steps=7", "model.top_mlp=[8, 4]", "dist.mode=sptt", "train.dense_lr=1"],
+    )
     assert cfg.train.steps == 7 and cfg.model.top_mlp == [8, 4] and cfg.dist.mode == "sptt"
     assert cfg.train.dense_lr == 1.0 and isinstance(cfg.train.dense_lr, float)
 
@@ -56,24 +58,55 @@ def test_bad_config_values_are_user_errors(overrides, message):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dmt", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "dmt", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+    )
 
 
 @pytest.mark.parametrize(
     "args,message",
     [
         (["train", "--config", "configs/nope.toml", "--out", "x"], "config file not found: configs/nope.toml"),
-        (["train", "--config", "configs/synthetic_dlrm.toml", "--set", "train.steps=-1", "--out", "x"],
-         "'train.steps' must be > 0"),
-        (["train", "--config", "configs/synthetic_dlrm.toml", "--set", "model.towers_file=missing.json", "--out", "x"],
-         "model.towers_file not found: missing.json"),
-        (["train", "--config", "configs/synthetic_dlrm.toml", "--nproc", "3", "--ranks-per-host", "2", "--out", "x"],
-         "ranks per host 2 does not divide the world of 3 ranks"),
+        (
+            ["train", "--config", "configs/synthetic_dlrm.toml", "--set", "train.steps=-1", "--out", "x"],
+            "'train.steps' must be > 0",
+        ),
+        (
+            [
+                "train",
+                "--config",
+                "configs/synthetic_dlrm.toml",
+                "--set",
+                "model.towers_file=missing.json",
+                "--out",
+                "x",
+            ],
+            "model.towers_file not found: missing.json",
+        ),
+        (
+            ["train", "--config", "configs/synthetic_dlrm.toml", "--nproc", "3", "--ranks-per-host", "2", "--out", "x"],
+            "ranks per host 2 does not divide the world of 3 ranks",
+        ),
         (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
         (["train", "--config"], "expected one argument"),
-        (["verify", "--config", "configs/synthetic_dlrm.toml", "--hosts", "0", "--ranks-per-host", "2",
-          "--out", "x.json"], "hosts >= 1"),
+        (
+            [
+                "verify",
+                "--config",
+                "configs/synthetic_dlrm.toml",
+                "--hosts",
+                "0",
+                "--ranks-per-host",
+                "2",
+                "--out",
+                "x.json",
+            ],
+            "hosts >= 1",
+        ),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(args, message):
@@ -103,8 +136,19 @@ def test_sptt_table_split_over_towers_is_rejected(tmp_path):
     towers = [[a], [n for n in names if n != a]]
     path = tmp_path / "towers.json"
     path.write_text(json.dumps({"towers": towers}))
-    r = _cli("train", "--config", "configs/synthetic_dmt_dlrm.toml", "--set", f"model.towers_file={path}",
-             "--nproc", "2", "--ranks-per-host", "1", "--out", str(tmp_path / "run"))
+    r = _cli(
+        "train",
+        "--config",
+        "configs/synthetic_dmt_dlrm.toml",
+        "--set",
+        f"model.towers_file={path}",
+        "--nproc",
+        "2",
+        "--ranks-per-host",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    )
     assert r.returncode == 2 and "SPTT keeps a table inside one tower" in r.stderr
 
 

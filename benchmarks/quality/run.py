@@ -23,13 +23,37 @@ def main() -> None:
     for name in CONFIGS:
         out = Path("runs/bench_quality") / name
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dmt", "train", "--config", f"configs/{name}.toml",
-                        "--set", "train.progress=false", "--out", str(out)], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dmt",
+                "train",
+                "--config",
+                f"configs/{name}.toml",
+                "--set",
+                "train.progress=false",
+                "--out",
+                str(out),
+            ],
+            check=True,
+        )
         wall = time.perf_counter() - t0
         s = json.loads((out / "summary.json").read_text())
-        rows.append({"config": name, "model": s["model"], "auc": s["auc"], "optimal_auc": s["optimal_auc"],
-                     "gap": s["optimal_auc"] - s["auc"], "logloss": s["logloss"], "ne": s["ne"],
-                     "wall_s": wall, "steps": s["steps"], "examples_per_s": s["examples_per_s"]})
+        rows.append(
+            {
+                "config": name,
+                "model": s["model"],
+                "auc": s["auc"],
+                "optimal_auc": s["optimal_auc"],
+                "gap": s["optimal_auc"] - s["auc"],
+                "logloss": s["logloss"],
+                "ne": s["ne"],
+                "wall_s": wall,
+                "steps": s["steps"],
+                "examples_per_s": s["examples_per_s"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     result = {**provenance(), "results": rows}
     (HERE / "results.json").write_text(json.dumps(result, indent=2))
@@ -44,8 +68,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['model']} | {r['auc']:.4f} | {r['optimal_auc']:.4f} | {r['gap']:.4f} "
-                     f"| {r['ne']:.4f} | {r['wall_s']:.0f} | {r['steps']} |")
+        lines.append(
+            f"| {r['config']} | {r['model']} | {r['auc']:.4f} | {r['optimal_auc']:.4f} | {r['gap']:.4f} "
+            f"| {r['ne']:.4f} | {r['wall_s']:.0f} | {r['steps']} |"
+        )
     (HERE / "results.md").write_text("\n".join(lines) + "\n")
 
 

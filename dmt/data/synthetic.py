@@ -250,9 +250,7 @@ class SyntheticSource(DataSource):
 
     # ---- DataSource ---------------------------------------------------------------------------
 
-    def train_batches(
-        self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0
-    ) -> Iterator[Batch]:
+    def train_batches(self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[Batch]:
         """Endless batches: step s holds train samples [(s * world + rank) * B, +B), B = batch_size."""
         _check_split(batch_size, rank, world)
         step = start_step
@@ -313,9 +311,7 @@ def one_hot(batch: Batch, features: list[FeatureSpec]) -> sp.csr_matrix:
     feat = np.repeat(np.repeat(np.arange(nf), b), lengths)
     sample = np.repeat(np.tile(np.arange(b), nf), lengths)
     weight = np.repeat(1.0 / np.maximum(lengths, 1), lengths)
-    ids = sp.csr_matrix(
-        (weight, (sample, col_off[feat] + batch.sparse.values.numpy())), shape=(b, int(col_off[-1]))
-    )
+    ids = sp.csr_matrix((weight, (sample, col_off[feat] + batch.sparse.values.numpy())), shape=(b, int(col_off[-1])))
     return sp.hstack([ids, sp.csr_matrix(batch.dense.numpy().astype(np.float64))], format="csr")
 
 
