@@ -64,7 +64,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     runs = [
-        ("flat", ["dist.mode=flat", "model.tower_module=identity", "model.compression_ratio=1"]),
+        ("flat", ["dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"]),
         (
             f"sptt+tm cr{args.compression_ratio:g}",
             ["dist.mode=sptt", "model.tower_module=compress", f"model.compression_ratio={args.compression_ratio}"],
@@ -157,6 +157,28 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_partition(args: argparse.Namespace) -> int:
+    """Tower Partitioner: towers JSON for model.towers_file, plus a heatmap PNG beside it."""
+    from dmt.config import load_config
+    from dmt.partition.run import print_partition, run_partition
+
+    cfg = load_config(args.config, args.set)
+    payload = run_partition(
+        cfg,
+        args.towers,
+        args.out,
+        method=args.method,
+        source_kind=args.source,
+        checkpoint=args.checkpoint,
+        cost=args.cost,
+        tolerance=args.tolerance,
+        seed=args.seed,
+        samples=args.samples,
+    )
+    print_partition(payload)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dmt", description="Disaggregated Multi-Tower training for recommendation models")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -190,6 +212,21 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=1e-5)
     p.add_argument("--out", required=True, help="JSON file")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("partition", help="Tower Partitioner: feature towers as JSON (model.towers_file) + heatmap")
+    _add_config(p)
+    p.add_argument("--checkpoint", help="flat dlrm/dcn run directory or model.pt: its interactions drive TP")
+    p.add_argument("--towers", type=int, required=True, help="number of towers K")
+    p.add_argument("--method", choices=["tp", "sequential", "random", "greedy"], default="tp")
+    p.add_argument(
+        "--source", choices=["dlrm", "dcn", "data"], help="interactions (default: the checkpoint's family, else data)"
+    )
+    p.add_argument("--cost", default="ids", help="pooled_width, ids, table_bytes, or a mix like ids=1,table_bytes=0.5")
+    p.add_argument("--tolerance", type=float, default=0.05, help="TP bound per tower: (1 + tolerance) * total / K")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, help="data samples for the interaction source")
+    p.add_argument("--out", required=True, help="JSON file; the heatmap is written beside it as .png")
+    p.set_defaults(func=cmd_partition)
 
     data = sub.add_parser("data", help="data sources").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser

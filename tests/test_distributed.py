@@ -94,7 +94,7 @@ def test_cross_host_bytes_match_hand_count(mode):
 def test_demo_sptt_with_compression_sends_under_a_third_across_hosts():
     """The demo config as `dmt demo` runs it: flat baseline against SPTT + TM with CR 4, counted."""
     runs = {
-        "flat": ["dist.mode=flat", "model.tower_module=identity", "model.compression_ratio=1"],
+        "flat": ["dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"],
         "sptt": ["dist.mode=sptt", "model.tower_module=compress", "model.compression_ratio=4"],
     }
     total = {}

@@ -14,7 +14,7 @@ def print_summary(s: dict) -> None:
         f"AUC {s['auc']:.4f} (optimal {_fmt(s.get('optimal_auc'), '.4f')}, gap {_fmt(gap, '.4f')}), "
         f"logloss {s['logloss']:.4f}, NE {s['ne']:.4f}, "
         f"{s['examples_per_s']:.0f} examples/s, step {_fmt((s.get('step_ms') or {}).get('median'), '.1f')} ms, "
-        f"cross-host {s['comm']['cross_host_bytes']} B/step"
+        f"cross-host {s['comm']['cross_host_bytes']:,.0f} B/step"
     )
 
 
@@ -30,5 +30,5 @@ def print_comparison(rows: list[dict]) -> None:
         s = r["summary"]
         print(
             f"{r['name']:<16}{s['model']:<10}{s['auc']:>8.4f}{s['logloss']:>9.4f}{s['examples_per_s']:>12.0f}"
-            f"{s['step_ms']['median']:>9.1f}{s['comm']['cross_host_bytes']:>19,}{s['comm']['intra_host_bytes']:>19,}"
+            f"{s['step_ms']['median']:>9.1f}{s['comm']['cross_host_bytes']:>19,.0f}{s['comm']['intra_host_bytes']:>19,.0f}"
         )
