@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from dmt.train.checkpoint import load_file
@@ -110,3 +111,19 @@ def test_killing_a_rank_stops_every_rank(tmp_path):
     assert proc.returncode != 0
     assert f"(pid {workers[1]}, signal SIGKILL)" in err and "dmt: error: lost rank" in err, err[-2000:]
     assert not Path(f"/proc/{workers[0]}").exists(), "the surviving rank was left running"
+
+
+def test_sharded_checkpoint_exports_to_one_device_eval(tmp_path):
+    """The one-device model.pt exported from DCP shards evaluates exactly as the sharded run did."""
+    import json
+
+    from dmt.cli import main
+
+    cfg = small_config("configs/synthetic_dmt_dcn.toml", "dist.mode=sptt", "train.steps=4")
+    run_ranks(2, 1, _train_rank, cfg, str(tmp_path), False)
+    sharded = json.loads((tmp_path / "summary.json").read_text())
+    assert (tmp_path / "checkpoint" / ".metadata").is_file()
+    assert main(["eval", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "eval.json")]) == 0
+    one_device = json.loads((tmp_path / "eval.json").read_text())
+    assert one_device["auc"] == pytest.approx(sharded["auc"], abs=1e-6)
+    assert one_device["logloss"] == pytest.approx(sharded["logloss"], abs=1e-6)

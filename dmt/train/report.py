@@ -14,7 +14,8 @@ def print_summary(s: dict) -> None:
         f"AUC {s['auc']:.4f} (optimal {_fmt(s.get('optimal_auc'), '.4f')}, gap {_fmt(gap, '.4f')}), "
         f"logloss {s['logloss']:.4f}, NE {s['ne']:.4f}, "
         f"{s['examples_per_s']:.0f} examples/s, step {_fmt((s.get('step_ms') or {}).get('median'), '.1f')} ms, "
-        f"cross-host {s['comm']['cross_host_bytes']:,.0f} B/step"
+        f"per step and rank: {s['comm']['cross_host_bytes']:,.0f} B cross-host, "
+        f"{s['comm']['intra_host_bytes']:,.0f} B intra-host, {s['comm']['messages']:.0f} messages"
     )
 
 
