@@ -179,6 +179,16 @@ def cmd_partition(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate(args: argparse.Namespace) -> int:
+    from dmt.emulate import emulate
+
+    train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
+    summary = emulate(args.hosts, args.ranks_per_host, args.cross_host_mbit, train_args)
+    for link in summary["link_bytes"]:
+        print(f"host {link['host']} link: {link['tx_bytes']:,} B sent, {link['rx_bytes']:,} B received")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dmt", description="Disaggregated Multi-Tower training for recommendation models")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -227,6 +237,13 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, help="data samples for the interaction source")
     p.add_argument("--out", required=True, help="JSON file; the heatmap is written beside it as .png")
     p.set_defaults(func=cmd_partition)
+
+    p = sub.add_parser("emulate", help="train on an emulated multi-host cluster with shaped cross-host links (root)")
+    p.add_argument("--hosts", type=int, required=True)
+    p.add_argument("--ranks-per-host", type=int, required=True)
+    p.add_argument("--cross-host-mbit", type=float, required=True, help="shaped rate of each host's link, Mbit/s")
+    p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `dmt train`")
+    p.set_defaults(func=cmd_emulate)
 
     data = sub.add_parser("data", help="data sources").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser
