@@ -74,3 +74,22 @@ def test_data_describe_reports_the_planted_truth(tmp_path):
     assert sorted(len(g) for g in d["planted_groups"]) == [4, 4, 8, 8]
     assert 0.78 <= d["optimal_auc"] <= 0.82 and d["optimal_logloss"] > 0
     assert d["rows"]["test"] == 65536 and d["malformed_rows"] == 0
+
+
+def test_run_leaves_metrics_tensorboard_and_curves(tmp_path):
+    cfg = load_config(
+        "configs/synthetic_dlrm.toml",
+        [
+            "train.steps=40",
+            "train.log_every=10",
+            "train.batch_size=64",
+            "data.synthetic.eval_samples=2048",
+            "train.progress=false",
+        ],
+    )
+    s = train(cfg, tmp_path)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [10, 20, 30, 40]
+    assert {"forward", "backward", "optimizer", "data"} <= s["step_breakdown_ms"].keys()
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    assert (tmp_path / "curves.png").stat().st_size > 10_000

@@ -20,11 +20,18 @@ def flat_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     """dm: DistributedModel in flat mode. dense [B, num_dense], sparse (B samples) -> logits [B]."""
     model, plan, d = dm.model, dm.plan, dm.model.dim
     served = [plan.features_served_by(r) for r in range(plan.layout.world)]
-    ids, sizes = send_ids(dm.world_ex, sparse, served, "ids", plan.id_dtype)  # (1)
-    pooled = dm.pool(ids)  # (2) [sum(sizes), n_me * d]
-    rows = return_rows(dm.world_ex, pooled, sizes, [len(s) * d for s in served], sparse.batch_size, "pooled")  # (3)
+    timer = dm.timer
+    with timer("input_exchange"):
+        ids, sizes = send_ids(dm.world_ex, sparse, served, "ids", plan.id_dtype)  # (1)
+    with timer("lookup"):
+        pooled = dm.pool(ids)  # (2) [sum(sizes), n_me * d]
+    with timer("output_exchange"):
+        widths = [len(s) * d for s in served]
+        rows = return_rows(dm.world_ex, pooled, sizes, widths, sparse.batch_size, "pooled")  # (3)
     per_feature = {}
     for feats, block in zip(served, rows, strict=True):
         per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
-    outputs = [tm(model.tower_input(per_feature, t)) for t, tm in enumerate(model.tower_modules)]  # (4)
-    return model.head(dense, outputs)
+    with timer("tower_module"):
+        outputs = [tm(model.tower_input(per_feature, t)) for t, tm in enumerate(model.tower_modules)]  # (4)
+    with timer("dense_forward"):
+        return model.head(dense, outputs)

@@ -19,6 +19,7 @@ from dmt.distributed.sptt import sptt_forward
 from dmt.distributed.topology import Topology
 from dmt.models.base import MultiTowerModel
 from dmt.sparse import KeyedJagged
+from dmt.train.timing import PhaseTimer
 
 
 class DistributedModel(nn.Module):
@@ -35,6 +36,7 @@ class DistributedModel(nn.Module):
         else:
             self.held_towers = list(range(len(model.towers)))
         self.counter = CommCounter()
+        self.timer = PhaseTimer(sync_cuda=True)  # synchronises only where CUDA is present
         self.world_ex = Exchange(topo.world_group, list(range(layout.world)), self.rank, layout, self.counter, "global")
         self.intra_ex = Exchange(
             topo.intra_group, layout.host_ranks(topo.host), self.rank, layout, self.counter, "intra"

@@ -35,30 +35,36 @@ def sptt_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     host = layout.host_of(dm.rank)
     host_features = [[f for t in plan.towers_on(g) for f in model.towers[t]] for g in range(layout.hosts)]
 
-    # (1) peer id all-to-all: my ids of host g's towers go to (g, my local index)
-    rail_ids, rail_sizes = send_ids(dm.peer_ex, sparse, host_features, "peer_ids", plan.id_dtype)  # H*B samples
-    # (2) intra-host id all-to-all: to the rank of my host that owns each table
+    timer = dm.timer
     served = [plan.features_served_by(r) for r in layout.host_ranks(host)]
-    own_ids, own_sizes = send_ids(dm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
-    # (3) lookup and pooling of the tables I own
-    pooled = dm.pool(own_ids)  # [L*H*B, n_me * d]
-    # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples
-    rows = return_rows(
-        dm.intra_ex, pooled, own_sizes, [len(s) * d for s in served], rail_ids.batch_size, "intra_pooled"
-    )
+    with timer("input_exchange"):
+        # (1) peer id all-to-all: my ids of host g's towers go to (g, my local index)
+        rail_ids, rail_sizes = send_ids(dm.peer_ex, sparse, host_features, "peer_ids", plan.id_dtype)  # H*B samples
+        # (2) intra-host id all-to-all: to the rank of my host that owns each table
+        own_ids, own_sizes = send_ids(dm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
+    with timer("lookup"):
+        # (3) lookup and pooling of the tables I own
+        pooled = dm.pool(own_ids)  # [L*H*B, n_me * d]
+    with timer("output_exchange"):
+        # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples
+        served_widths = [len(s) * d for s in served]
+        rows = return_rows(dm.intra_ex, pooled, own_sizes, served_widths, rail_ids.batch_size, "intra_pooled")
     per_feature = {}
     for feats, block in zip(served, rows, strict=True):
         per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
-    # (5) Tower Modules of my host's towers: [H*B, n_t * d] -> [H*B, D'_t]
-    mine = plan.towers_on(host)
-    compressed = [model.tower_modules[t](model.tower_input(per_feature, t)) for t in mine]
-    block = torch.cat(compressed, 1) if compressed else pooled.new_zeros(rail_ids.batch_size, 0)
-    # (6) peer pooled all-to-all: each peer gets its B rows of every tower
-    widths = [[model.tower_modules[t].out_features for t in plan.towers_on(g)] for g in range(layout.hosts)]
-    got = return_rows(dm.peer_ex, block, rail_sizes, [sum(w) for w in widths], sparse.batch_size, "peer_pooled")
+    with timer("tower_module"):
+        # (5) Tower Modules of my host's towers: [H*B, n_t * d] -> [H*B, D'_t]
+        mine = plan.towers_on(host)
+        compressed = [model.tower_modules[t](model.tower_input(per_feature, t)) for t in mine]
+        block = torch.cat(compressed, 1) if compressed else pooled.new_zeros(rail_ids.batch_size, 0)
+    with timer("output_exchange"):
+        # (6) peer pooled all-to-all: each peer gets its B rows of every tower
+        widths = [[model.tower_modules[t].out_features for t in plan.towers_on(g)] for g in range(layout.hosts)]
+        got = return_rows(dm.peer_ex, block, rail_sizes, [sum(w) for w in widths], sparse.batch_size, "peer_pooled")
     outputs: list[Tensor | None] = [None] * len(model.towers)
     for g, part in enumerate(got):
         for t, out in zip(plan.towers_on(g), part.split(widths[g], dim=1), strict=True):
             outputs[t] = out
-    # (7) global interaction and top MLP
-    return model.head(dense, outputs)
+    with timer("dense_forward"):
+        # (7) global interaction and top MLP
+        return model.head(dense, outputs)

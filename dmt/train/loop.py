@@ -33,7 +33,9 @@ from dmt.models.build import build_model
 from dmt.sparse import Batch
 from dmt.train import checkpoint as ckpt
 from dmt.train.metrics import click_metrics
+from dmt.train.observe import RunLog
 from dmt.train.optim import dense_optimizer, embedding_optimizer
+from dmt.train.timing import PhaseTimer
 
 
 @dataclass
@@ -46,10 +48,19 @@ class Trainee:
     named: list[tuple[str, torch.nn.Parameter]]
     optimizers: list[torch.optim.Optimizer]
     topo: Topology | None = None
+    _timer: PhaseTimer | None = None
 
     @property
     def dm(self) -> DistributedModel | None:
         return self.net if isinstance(self.net, DistributedModel) else None
+
+    @property
+    def timer(self) -> PhaseTimer:
+        if self.dm is not None:
+            return self.dm.timer
+        if self._timer is None:
+            self._timer = PhaseTimer()
+        return self._timer
 
     @property
     def world(self) -> int:
@@ -92,21 +103,29 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
 
 def forward_backward(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
     """Gradients of the global-batch mean loss on this rank's parameters. -> (local loss, logits [B])."""
-    logits = t.net(batch.dense, batch.sparse)
+    timer = t.timer
+    if t.dm is not None:
+        logits = t.net(batch.dense, batch.sparse)  # times its own phases
+    else:
+        with timer("forward"):
+            logits = t.net(batch.dense, batch.sparse)
     loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
     for opt in t.optimizers:
         opt.zero_grad(set_to_none=True)
-    (loss / t.world).backward()
+    with timer("backward"):
+        (loss / t.world).backward()
     if t.dm is not None:
-        t.dm.sync_gradients()
+        with timer("grad_sync"):
+            t.dm.sync_gradients()
     return float(loss.detach()), logits.detach()
 
 
 def train_step(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
     """One optimizer step on this rank's batch. -> (local loss, logits [B])."""
     result = forward_backward(t, batch)
-    for opt in t.optimizers:
-        opt.step()
+    with t.timer("optimizer"):
+        for opt in t.optimizers:
+            opt.step()
     return result
 
 
@@ -185,23 +204,38 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     start = resume_from(t, out) if resume else 0
     steps, bs = cfg.train.steps, cfg.train.batch_size
     stream = t.source.train_batches(bs, t.rank, t.world, start_step=start)
-    step_s, losses, log, comm = [], [], [], []
+    step_s, losses, log, comm, phases_s = [], [], [], [], []
     show = cfg.train.progress and t.rank == 0
+    runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
     bar = tqdm(range(start, steps), desc=f"train {t.model.name} ({t.mode})", disable=not show, unit="step")
     loop_start = time.perf_counter()
     for step in bar:
         t0 = time.perf_counter()
-        batch = next(stream).to(device)
+        t.timer.reset()
+        with t.timer("data"):
+            batch = next(stream).to(device)
         if t.dm is not None:
             t.dm.counter.reset()
         loss, _ = train_step(t, batch)
         losses.append(loss)
         step_s.append(time.perf_counter() - t0)
+        phases_s.append(dict(t.timer.totals))
         if t.dm is not None:
             comm.append(t.dm.counter.snapshot())
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
-            mean_loss = float(np.mean(losses[-cfg.train.log_every :]))
-            log.append({"step": step + 1, "train_logloss": mean_loss})
+            window = slice(-cfg.train.log_every, None)
+            mean_loss = float(np.mean(losses[window]))
+            record = {
+                "step": step + 1,
+                "train_logloss": mean_loss,
+                "examples_per_s": len(step_s[window]) * bs * t.world / sum(step_s[window]),
+                "step_ms": {k: 1e3 * v for k, v in _mean_phases(phases_s[window]).items()},
+            }
+            if comm:
+                record["cross_host_bytes"] = float(np.mean([c["cross_host_bytes"] for c in comm[window]]))
+                record["intra_host_bytes"] = float(np.mean([c["intra_host_bytes"] for c in comm[window]]))
+            log.append(record)
+            runlog.record(record)
             bar.set_postfix(loss=f"{mean_loss:.4f}")
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
             save(t, cfg, out, step + 1)
@@ -234,11 +268,18 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         "towers": None if t.model.is_flat else t.model.towers,
         "steps": steps,
         "seed": cfg.train.seed,
+        "step_breakdown_ms": {k: 1e3 * v for k, v in _mean_phases(phases_s[1:] or phases_s).items()},
         "train_log": log,
     }
     if t.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    runlog.close(summary)
     return summary
+
+
+def _mean_phases(phases: list[dict[str, float]]) -> dict[str, float]:
+    names = sorted({k for p in phases for k in p})
+    return {k: float(np.mean([p.get(k, 0.0) for p in phases])) for k in names}
 
 
 def step_stats(step_s: list[float]) -> dict[str, float]:
