@@ -44,13 +44,27 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic"] = "synthetic"
-    num_dense: int = 13  # dense columns (synthetic data draws this many too)
+    source: Literal["synthetic", "criteo_tsv", "criteo_npy", "nycflights13", "movielens100k"] = "synthetic"
+    num_dense: int = 13  # dense columns (synthetic data draws this many too); nycflights13/movielens100k: ignored
     num_sparse: int = 26  # categorical columns of file sources; synthetic: sum(group_sizes)
+    # criteo_tsv: a file or glob (sorted; .gz read as gzip); criteo_npy: the folder of day_N_*.npy files
     train_path: str = ""
-    test_path: str = ""
-    seed: int = 1234  # the data's own seed: the teacher and the streams
+    test_path: str = ""  # criteo_npy: empty means train_path
+    seed: int = 1234  # the data's own seed: the teacher and the streams; in-memory sets: split and epoch shuffles
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    # criteo_tsv / criteo_npy: rows of each sparse column's table, one value for all columns or one per column.
+    # TSV ids are hashed into them (row 0 = missing); npy ids must lie below them (see npy_ids).
+    table_sizes: list[int] = field(default_factory=lambda: [100_000])
+    malformed: Literal["skip", "error"] = "skip"  # criteo_tsv: skip and count a bad row, or stop at file:line
+    train_days: list[int] = field(default_factory=lambda: list(range(23)))  # criteo_npy: day_N files to train on
+    test_days: list[int] = field(default_factory=lambda: [23])  # criteo_npy: day_N files to evaluate on
+    npy_ids: Literal["check", "modulo"] = "check"  # criteo_npy: ids >= table size are an error, or reduced mod it
+    # nycflights13 / movielens100k: folder with the data files; empty: the installed package's folder
+    data_dir: str = ""
+    val_fraction: float = 0.1  # in-memory sets: shares of the seeded random split (train gets the rest)
+    test_fraction: float = 0.1
+    eval_split: Literal["test", "validation"] = "test"  # in-memory sets: what eval_batches (and train's AUC) use
+    include_dep_delay: bool = False  # nycflights13: add departure delay as a dense feature (not pre-departure)
 
 
 @dataclass
@@ -89,6 +103,7 @@ class TrainConfig:
     log_every: int = 100
     checkpoint_every: int = 0  # 0: only at the end
     progress: bool = True
+    tensorboard: bool = True  # scalars under DIR/tensorboard (rank 0)
     device: str = "cpu"
 
 
@@ -253,5 +268,35 @@ def validate(cfg: Config) -> None:
                 f"data.synthetic.shared_tables must be in [0, {pairs}] (disjoint same-group pairs), "
                 f"got {s.shared_tables}"
             )
+    _validate_files(cfg.data)
     if cfg.dist.ranks_per_host < 0:
         raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")
+
+
+def _validate_files(d: DataConfig) -> None:
+    """Checks of the file and package sources' keys (see dmt/data/criteo.py, tabular.py)."""
+    if d.source in ("criteo_tsv", "criteo_npy"):
+        if not d.train_path:
+            raise UserError(f"data.train_path must be set for data.source = '{d.source}'")
+        if d.source == "criteo_tsv" and not d.test_path:
+            raise UserError("data.test_path must be set for data.source = 'criteo_tsv' (a labelled held-out file)")
+        if d.num_dense < 0 or d.num_sparse < 1:
+            raise UserError(f"data.num_dense must be >= 0 and data.num_sparse >= 1, got {d.num_dense}, {d.num_sparse}")
+        if len(d.table_sizes) not in (1, d.num_sparse):
+            raise UserError(
+                f"data.table_sizes needs 1 or data.num_sparse={d.num_sparse} values, got {len(d.table_sizes)}"
+            )
+        if any(n < 2 for n in d.table_sizes):
+            raise UserError(f"data.table_sizes must all be >= 2, got {d.table_sizes}")
+        if d.source == "criteo_npy":
+            for key, days in (("train_days", d.train_days), ("test_days", d.test_days)):
+                if not days or any(x < 0 for x in days):
+                    raise UserError(f"data.{key} must be a non-empty list of day numbers >= 0, got {days}")
+    if d.source in ("nycflights13", "movielens100k"):
+        for key, v in (("val_fraction", d.val_fraction), ("test_fraction", d.test_fraction)):
+            if not 0 < v < 1:
+                raise UserError(f"data.{key} must be in (0, 1), got {v}")
+        if d.val_fraction + d.test_fraction >= 1:
+            raise UserError(
+                f"data.val_fraction + data.test_fraction must be < 1, got {d.val_fraction} + {d.test_fraction}"
+            )
