@@ -111,3 +111,29 @@ def test_topology_must_divide_world():
     with pytest.raises(UserError, match="does not divide"):
         Layout.for_world(6, 4)
     assert dataclasses.astuple(Layout.for_world(6, 3)) == (2, 3)
+
+
+def test_more_ranks_than_tables_still_equals_one_device():
+    """Three tables on four ranks: one rank owns nothing and must still join every exchange."""
+    cfg = small_config(
+        "configs/synthetic_dlrm.toml",
+        "data.synthetic.group_sizes=[1, 2]",
+        "data.synthetic.group_pooling=[1.0, 2.0]",
+        "data.synthetic.shared_tables=0",
+    )
+    diffs = run_ranks(2, 2, verify_rank, cfg, 2)[0]
+    assert max(diffs.values()) <= TOLERANCE, diffs
+
+
+def test_hosts_without_towers_still_equal_one_device():
+    """Two towers on four hosts under SPTT: two hosts hold no tower and serve nothing."""
+    cfg = small_config(
+        "configs/synthetic_dlrm.toml",
+        "data.synthetic.group_sizes=[1, 2]",
+        "data.synthetic.group_pooling=[1.0, 2.0]",
+        "data.synthetic.shared_tables=0",
+        "model.num_towers=2",
+        "dist.mode=sptt",
+    )
+    diffs = run_ranks(4, 1, verify_rank, cfg, 2)[0]
+    assert max(diffs.values()) <= TOLERANCE, diffs

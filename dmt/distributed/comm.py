@@ -89,6 +89,9 @@ class Exchange:
         """Differentiable all_to_all: the backward sends gradients back along the same links."""
         if self.size == 1:
             return x
+        if torch.is_grad_enabled() and not x.requires_grad:
+            # a rank with nothing to send (no tables, no towers) must still join the backward exchange
+            x = x.detach().requires_grad_()
         return _AllToAll.apply(x, send, recv, self, phase)
 
 

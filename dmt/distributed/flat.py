@@ -30,7 +30,8 @@ def flat_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
         rows = return_rows(dm.world_ex, pooled, sizes, widths, sparse.batch_size, "pooled")  # (3)
     per_feature = {}
     for feats, block in zip(served, rows, strict=True):
-        per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
+        if feats:  # an owner serving nothing returns [B, 0]
+            per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
     with timer("tower_module"):
         outputs = [tm(model.tower_input(per_feature, t)) for t, tm in enumerate(model.tower_modules)]  # (4)
     with timer("dense_forward"):

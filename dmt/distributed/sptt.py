@@ -51,7 +51,8 @@ def sptt_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
         rows = return_rows(dm.intra_ex, pooled, own_sizes, served_widths, rail_ids.batch_size, "intra_pooled")
     per_feature = {}
     for feats, block in zip(served, rows, strict=True):
-        per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
+        if feats:  # an owner serving nothing returns [B, 0]
+            per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
     with timer("tower_module"):
         # (5) Tower Modules of my host's towers: [H*B, n_t * d] -> [H*B, D'_t]
         mine = plan.towers_on(host)

@@ -97,7 +97,11 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
         emb, dense = net.embedding_parameters(), net.dense_parameters()
     device = cfg.train.device
     net.to(device)
-    optimizers = [embedding_optimizer(emb, cfg.train), dense_optimizer(dense, cfg.train)]
+    optimizers = []
+    if emb:  # a rank may own no table (more ranks than tables)
+        optimizers.append(embedding_optimizer(emb, cfg.train))
+    if dense:
+        optimizers.append(dense_optimizer(dense, cfg.train))
     return Trainee(source, model, net, named, optimizers, topo)
 
 
