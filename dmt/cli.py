@@ -189,6 +189,36 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    """Predicted comm, time and memory per step for flat, sptt and sptt_tm; scaling table (+ chart)."""
+    from dmt.cost.estimate import SCALING_GPUS, estimate_report, load_inputs, plot_scaling, print_report
+
+    cfg, cluster, layout = load_inputs(
+        args.config, args.set, args.preset, args.cluster, args.hosts, args.ranks_per_host
+    )
+    gpus = tuple(n for n in SCALING_GPUS if n <= args.max_gpus)
+    payload = estimate_report(cfg, cluster, layout, config_path=args.config, gpus=gpus)
+    if args.plot:
+        payload["plot"] = str(plot_scaling(payload, Path(args.out).with_suffix(".png")))
+    print_report(payload)
+    _write_json(args.out, payload)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Towers per host x compression ratio search on the cost model."""
+    from dmt.cost.estimate import load_inputs
+    from dmt.cost.plan import plan_report, print_plan
+
+    cfg, cluster, layout = load_inputs(
+        args.config, args.set, args.preset, args.cluster, args.hosts, args.ranks_per_host
+    )
+    payload = plan_report(cfg, cluster, layout, args.max_compression_ratio)
+    print_plan(payload)
+    _write_json(args.out, payload)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="dmt", description="Disaggregated Multi-Tower training for recommendation models")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -244,6 +274,27 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--cross-host-mbit", type=float, required=True, help="shaped rate of each host's link, Mbit/s")
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `dmt train`")
     p.set_defaults(func=cmd_emulate)
+
+    for name, text in (
+        ("estimate", "predicted comm, time and memory per step: flat vs sptt vs sptt_tm, and a scaling table"),
+        ("plan", "cost-model search over towers per host and compression ratio"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_config(p)
+        p.add_argument("--preset", choices=["v100", "a100", "h100"], required=True, help="cluster preset")
+        p.add_argument("--hosts", type=int, required=True)
+        p.add_argument("--ranks-per-host", type=int, required=True)
+        p.add_argument(
+            "--cluster", nargs="+", action="extend", default=[], metavar="KEY=VALUE", help="override preset fields"
+        )
+        p.add_argument("--out", required=True, help="JSON file")
+        if name == "estimate":
+            p.add_argument("--plot", action="store_true", help="draw the scaling chart as a PNG beside --out")
+            p.add_argument("--max-gpus", type=int, default=4096, help="largest cluster of the scaling table")
+            p.set_defaults(func=cmd_estimate)
+        else:
+            p.add_argument("--max-compression-ratio", type=float, required=True, help="largest CR to try")
+            p.set_defaults(func=cmd_plan)
 
     data = sub.add_parser("data", help="data sources").add_subparsers(
         dest="data_command", required=True, parser_class=_Parser

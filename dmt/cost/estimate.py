@@ -1,0 +1,317 @@
+"""`dmt estimate`: predicted communication, time and memory per step and rank for the three modes.
+
+    flat     the baseline: tables table-wise over all W ranks, one identity tower
+    sptt     SPTT with identity Tower Modules (CR 1): same math, topology-aware placement
+    sptt_tm  SPTT with the config's Tower Modules and compression ratio
+
+Towers for the SPTT modes: the config's (model.towers, towers_file or num_towers) when there are
+at least as many as hosts, else the feature order cut into one equal chunk per host. Byte counts
+are the mean over ranks (as a run's summary reports them); times follow timing.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from dmt.config import Config
+from dmt.cost.memory import RankMemory, memory_summary, rank_memory
+from dmt.cost.presets import Cluster
+from dmt.cost.timing import ModeTiming, TimingModel, mode_timing
+from dmt.cost.traffic import ModeTraffic, traffic
+from dmt.cost.workload import (
+    ModelShape,
+    Workload,
+    config_towers,
+    equal_towers,
+    feature_specs,
+    flat_model_config,
+    model_shape,
+    tower_model_config,
+)
+from dmt.data.base import FeatureSpec
+from dmt.distributed.topology import Layout
+from dmt.errors import UserError
+
+MODES = ("flat", "sptt", "sptt_tm")
+SCALING_GPUS = tuple(2**k for k in range(3, 13))  # 8 .. 4096
+
+
+@dataclass(frozen=True)
+class ModeEstimate:
+    mode: str
+    traffic: ModeTraffic
+    timing: ModeTiming
+    memory: list[RankMemory] | None = None
+
+    def summary(self) -> dict:
+        mean = self.traffic.mean()
+        out = {
+            "comm_s": self.timing.comm_s,
+            "cross_host_bytes": mean["cross_host_bytes"],
+            "intra_host_bytes": mean["intra_host_bytes"],
+            "messages": mean["messages"],
+            "allreduce_bytes": mean["allreduce_bytes"],
+            "step_s": self.timing.step_s,
+            "compute_s": self.timing.compute_s,
+            "towers": len(self.traffic.workload.shape.towers),
+            "tower_widths": list(self.traffic.workload.shape.tower_widths),
+            "by_phase": mean["by_phase"],
+            "by_phase_tier": mean["by_phase_tier"],
+        }
+        if self.memory is not None:
+            out["memory"] = memory_summary(self.memory)
+        return out
+
+
+@dataclass
+class Estimator:
+    """A config's features and model variants, cached over layouts."""
+
+    cfg: Config
+    cluster: Cluster
+    model: TimingModel = dataclasses.field(default_factory=TimingModel)
+
+    def __post_init__(self) -> None:
+        features, self.num_dense = feature_specs(self.cfg.data)
+        self.features: list[FeatureSpec] = features
+        self.names = [f.name for f in features]
+        self._shapes: dict[tuple, ModelShape] = {}
+
+    # ---- model variants ---------------------------------------------------------------------
+
+    def shape(self, mode: str, towers: list[list[str]] | None = None, ratio: float | None = None) -> ModelShape:
+        key = (mode, None if towers is None else tuple(map(tuple, towers)), ratio)
+        if key not in self._shapes:
+            m = self.cfg.model
+            if mode == "flat":
+                mcfg = flat_model_config(m)
+            else:
+                mcfg = tower_model_config(m, towers, compress=mode == "sptt_tm", ratio=ratio)
+            self._shapes[key] = model_shape(mcfg, self.features, self.num_dense)
+        return self._shapes[key]
+
+    def towers_for(self, hosts: int, strict: bool = True) -> tuple[list[list[str]], str]:
+        """-> (towers, where they come from). strict: the config's towers must cover every host."""
+        named = config_towers(self.cfg, self.names)
+        if named is not None and len(named) >= hosts:
+            return named, "config"
+        if named is not None and strict:
+            raise UserError(
+                f"the config has {len(named)} towers for {hosts} hosts: SPTT needs at least one tower per host; "
+                "use fewer hosts or more towers (model.num_towers)"
+            )
+        if hosts > len(self.names):
+            raise UserError(f"{hosts} hosts need a tower each but the config has only {len(self.names)} features")
+        return equal_towers(self.names, hosts), "equal chunks, one per host"
+
+    def workload(self, shape: ModelShape) -> Workload:
+        t = self.cfg.train
+        return Workload(tuple(self.features), shape, self.cfg.model.embedding_dim, t.batch_size)
+
+    # ---- estimates --------------------------------------------------------------------------
+
+    def run(self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True) -> ModeEstimate:
+        tr = traffic(mode, self.workload(shape), layout)
+        timing = mode_timing(tr, self.cluster, self.model)
+        mem = None
+        if memory:
+            t = self.cfg.train
+            mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer)
+        return ModeEstimate(mode, tr, timing, mem)
+
+    def modes(self, layout: Layout, strict: bool = True, memory: bool = True) -> dict[str, ModeEstimate]:
+        towers, _ = self.towers_for(layout.hosts, strict)
+        return {
+            "flat": self.run("flat", self.shape("flat"), layout, memory),
+            "sptt": self.run("sptt", self.shape("sptt", towers), layout, memory),
+            "sptt_tm": self.run("sptt_tm", self.shape("sptt_tm", towers), layout, memory),
+        }
+
+
+def speedups(modes: dict[str, ModeEstimate]) -> dict:
+    """flat time / mode time, for communication alone and (with a compute rate) the whole step."""
+    flat = modes["flat"].timing
+    out = {}
+    for name in ("sptt", "sptt_tm"):
+        t = modes[name].timing
+        out[f"{name}_over_flat"] = {
+            "comm": _ratio(flat.comm_s, t.comm_s),
+            "step": flat.step_s / t.step_s if flat.step_s and t.step_s else None,
+            "cross_host_bytes_ratio": _ratio(
+                modes[name].traffic.mean()["cross_host_bytes"], modes["flat"].traffic.mean()["cross_host_bytes"]
+            ),
+        }
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def scaling(est: Estimator, ranks_per_host: int, gpus: tuple[int, ...] = SCALING_GPUS) -> list[dict]:
+    """One row per cluster size: comm and step seconds of each mode and the speedups."""
+    rows = []
+    for n in gpus:
+        if n % ranks_per_host or n < ranks_per_host:
+            continue
+        layout = Layout(n // ranks_per_host, ranks_per_host)
+        row: dict = {"gpus": n, "hosts": layout.hosts}
+        try:
+            modes = est.modes(layout, strict=False, memory=False)
+        except UserError as e:
+            flat = est.run("flat", est.shape("flat"), layout, memory=False)
+            row.update({"flat": _short(flat), "sptt": None, "sptt_tm": None, "speedup": None, "note": str(e)})
+            rows.append(row)
+            continue
+        row.update({m: _short(e) for m, e in modes.items()})
+        row["speedup"] = speedups(modes)
+        rows.append(row)
+    return rows
+
+
+def _short(e: ModeEstimate) -> dict:
+    mean = e.traffic.mean()
+    return {
+        "comm_s": e.timing.comm_s,
+        "step_s": e.timing.step_s,
+        "cross_host_bytes": mean["cross_host_bytes"],
+        "intra_host_bytes": mean["intra_host_bytes"],
+        "messages": mean["messages"],
+    }
+
+
+def estimate_report(
+    cfg: Config,
+    cluster: Cluster,
+    layout: Layout,
+    model: TimingModel | None = None,
+    config_path: str | None = None,
+    gpus: tuple[int, ...] = SCALING_GPUS,
+) -> dict:
+    """The JSON payload of `dmt estimate`."""
+    est = Estimator(cfg, cluster, model or TimingModel())
+    modes = est.modes(layout)
+    towers, source = est.towers_for(layout.hosts)
+    payload = {
+        "preset": cluster.name,
+        "cluster": dataclasses.asdict(cluster),
+        "timing_model": dataclasses.asdict(est.model),
+        "world": {"hosts": layout.hosts, "ranks_per_host": layout.ranks_per_host},
+        "config": config_path,
+        "arch": cfg.model.arch,
+        "features": len(est.features),
+        "embedding_dim": cfg.model.embedding_dim,
+        "batch_size": cfg.train.batch_size,
+        "towers": {"count": len(towers), "source": source},
+        **{m: e.summary() for m, e in modes.items()},
+        "speedup": speedups(modes),
+        "breakdown": {m: e.timing.as_dict() for m, e in modes.items()},
+        "scaling": scaling(est, layout.ranks_per_host, gpus),
+    }
+    return payload
+
+
+# ---- terminal output and the chart -------------------------------------------------------------
+
+
+def _mb(x: float | None) -> str:
+    return "-" if x is None else f"{x / 1e6:10.2f}"
+
+
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x * 1e3:9.3f}"
+
+
+def print_report(payload: dict) -> None:
+    w = payload["world"]
+    print(
+        f"dmt estimate: {payload['preset']} {w['hosts']} hosts x {w['ranks_per_host']} ranks, "
+        f"{payload['arch']} with {payload['features']} features, d={payload['embedding_dim']}, "
+        f"B={payload['batch_size']} per rank, {payload['towers']['count']} towers ({payload['towers']['source']})"
+    )
+    print(
+        f"{'mode':8} {'cross MB':>10} {'intra MB':>10} {'msgs':>7} {'a2a ms':>9} {'allred ms':>9} "
+        f"{'comm ms':>9} {'step ms':>9} {'mem GB':>8}"
+    )
+    for m in MODES:
+        s, b = payload[m], payload["breakdown"][m]
+        mem = s.get("memory", {}).get("max_total_bytes")
+        print(
+            f"{m:8} {_mb(s['cross_host_bytes'])} {_mb(s['intra_host_bytes'])} {s['messages']:7.0f} "
+            f"{_ms(b['alltoall_s'])} {_ms(b['allreduce_s'])} {_ms(s['comm_s'])} {_ms(s['step_s'])} "
+            f"{'-' if mem is None else f'{mem / 1e9:8.2f}'}"
+        )
+    for name, sp in payload["speedup"].items():
+        step = "-" if sp["step"] is None else f"{sp['step']:.2f}x"
+        print(f"{name}: comm {sp['comm']:.2f}x, step {step}, cross-host bytes x{sp['cross_host_bytes_ratio']:.3f}")
+    print(f"\nscaling ({payload['world']['ranks_per_host']} ranks per host): predicted ms per step")
+    print(f"{'GPUs':>6} {'hosts':>6} {'flat comm':>10} {'sptt comm':>10} {'tm comm':>10} {'comm x':>7} {'step x':>7}")
+    for r in payload["scaling"]:
+        sp = (r.get("speedup") or {}).get("sptt_tm_over_flat") or {}
+        comm_x = f"{sp['comm']:7.2f}" if sp else "      -"
+        step_x = f"{sp['step']:7.2f}" if sp.get("step") else "      -"
+        cells = [_ms((r[m] or {}).get("comm_s")) if r[m] else "        -" for m in MODES]
+        print(f"{r['gpus']:6d} {r['hosts']:6d} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10} {comm_x} {step_x}")
+
+
+def plot_scaling(payload: dict, path: str | Path) -> Path:
+    """Comm and step time per mode against GPUs (log-log), speedup on a second panel."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["scaling"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for m, style in zip(MODES, ("o-", "s--", "^-"), strict=True):
+        pts = [(r["gpus"], r[m]["comm_s"] * 1e3) for r in rows if r[m]]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=f"{m} comm")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("GPUs")
+    ax.set_ylabel("predicted ms per step")
+    ax.set_title(f"{payload['preset']}: embedding + gradient communication")
+    ax.legend()
+    ax.grid(True, which="both", alpha=0.3)
+    for key, style in (("comm", "^-"), ("step", "o--")):
+        pts = [
+            (r["gpus"], r["speedup"]["sptt_tm_over_flat"][key])
+            for r in rows
+            if r.get("speedup") and r["speedup"]["sptt_tm_over_flat"][key]
+        ]
+        if pts:
+            ax2.plot(*zip(*pts, strict=True), style, label=f"sptt_tm / flat, {key}")
+    ax2.axhline(1.0, color="grey", lw=0.8)
+    ax2.set_xscale("log", base=2)
+    ax2.set_xlabel("GPUs")
+    ax2.set_ylabel("predicted speedup")
+    ax2.set_title(f"{payload['world']['ranks_per_host']} GPUs per host")
+    ax2.legend()
+    ax2.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+MAX_WORLD = 65536  # every rank is enumerated: keep the sums cheap
+
+
+def load_inputs(
+    config: str, overrides: list[str], preset: str, cluster_items: list[str], hosts: int, ranks_per_host: int
+) -> tuple[Config, Cluster, Layout]:
+    """CLI arguments -> (config, cluster, layout); UserError names whatever is wrong."""
+    from dmt.config import load_config
+    from dmt.cost.presets import cluster, parse_overrides
+
+    layout = Layout(hosts, ranks_per_host)
+    if layout.world > MAX_WORLD:
+        raise UserError(
+            f"--hosts {hosts} x --ranks-per-host {ranks_per_host} = {layout.world} ranks; at most {MAX_WORLD}"
+        )
+    return load_config(config, overrides), cluster(preset, **parse_overrides(cluster_items)), layout

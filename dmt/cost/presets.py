@@ -1,0 +1,79 @@
+"""Cluster presets (DESIGN section 2): per-GPU bandwidths, one direction, and latencies.
+
+    preset  intra-host fabric (achieved)              NIC per GPU         peak dense bf16
+    v100    NVLink2 cube mesh, 150 line -> 80 GB/s    6.25 GB/s (EDR)     125 TFLOP/s (fp16)
+    a100    NVLink3 300 line -> 235 GB/s              25 GB/s (HDR)       312 TFLOP/s
+    h100    NVLink4 450 line -> 370 GB/s              48 GB/s (NDR, measured 48-49 of 50)   989 TFLOP/s
+
+Sources: DESIGN section 2 for the fabrics, NICs and latencies; NVIDIA's V100 / A100 / H100 SXM
+datasheets for the peak tensor-core rates. The V100 achieved rate is ours: DGX-1's cube mesh
+links each GPU directly to 4 of its 7 peers, so an all-to-all sends about 3/7 of its bytes over
+two hops; we take about 55% of the 150 GB/s line rate.
+
+Latencies (DESIGN section 2): NCCL send/recv about 4 us inside a node; small multi-node
+collectives about 25 us. timing.py charges them once per all-to-all call on that tier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dmt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One GPU's view of the cluster. GB/s = 1e9 bytes per second, one direction."""
+
+    name: str
+    intra_gbps: float  # achieved all-to-all bandwidth per GPU inside a host (NVLink)
+    nic_gbps: float  # NIC bandwidth per GPU (an all-to-all cannot use a neighbour's NIC)
+    latency_intra_s: float = 4e-6  # fixed cost of one intra-host all-to-all call
+    latency_cross_s: float = 25e-6  # fixed cost of one all-to-all call that crosses hosts
+    peak_tflops: float | None = None  # dense-part peak; None: compute time is not predicted
+
+    def __post_init__(self) -> None:
+        for key in ("intra_gbps", "nic_gbps"):
+            if getattr(self, key) <= 0:
+                raise UserError(f"cluster {key} must be > 0, got {getattr(self, key)}")
+        for key in ("latency_intra_s", "latency_cross_s"):
+            if getattr(self, key) < 0:
+                raise UserError(f"cluster {key} must be >= 0, got {getattr(self, key)}")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError(f"cluster peak_tflops must be > 0 or unset, got {self.peak_tflops}")
+
+
+PRESETS: dict[str, Cluster] = {
+    "v100": Cluster("v100", intra_gbps=80.0, nic_gbps=6.25, peak_tflops=125.0),
+    "a100": Cluster("a100", intra_gbps=235.0, nic_gbps=25.0, peak_tflops=312.0),
+    "h100": Cluster("h100", intra_gbps=370.0, nic_gbps=48.0, peak_tflops=989.0),
+}
+
+
+def cluster(preset: str, **overrides: float | str | None) -> Cluster:
+    """A preset, optionally with some fields replaced: cluster("h100", nic_gbps=25.0)."""
+    if preset not in PRESETS:
+        raise UserError(f"unknown cluster preset '{preset}'; allowed: {', '.join(PRESETS)}")
+    fields = {f.name for f in dataclasses.fields(Cluster)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"unknown cluster field(s) {unknown}; allowed: {', '.join(sorted(fields - {'name'}))}")
+    return dataclasses.replace(PRESETS[preset], **overrides)
+
+
+def parse_overrides(items: list[str]) -> dict[str, float | None]:
+    """`KEY=VALUE` strings (CLI --cluster) -> overrides for `cluster`; `peak_tflops=none` unsets it."""
+    out: dict[str, float | None] = {}
+    for item in items:
+        if "=" not in item:
+            raise UserError(f"--cluster expects key=value, got '{item}'")
+        key, text = (s.strip() for s in item.split("=", 1))
+        if key == "peak_tflops" and text.lower() == "none":
+            out[key] = None
+            continue
+        try:
+            out[key] = float(text)
+        except ValueError:
+            raise UserError(f"--cluster {key}: '{text}' is not a number") from None
+    return out

@@ -1,0 +1,333 @@
+"""Exact per-step, per-rank communication of the flat and SPTT dataflows, as the counters count it.
+
+A real run's `CommCounter` (dmt/distributed/comm.py) records, for every all-to-all, the bytes
+this rank SENDS to each other member of the group (intra- or cross-host by the receiver's host),
+one message per non-empty send; groups of one member are skipped. This module predicts the same
+numbers from the placement (`plan_flat` / `plan_sptt`) without running anything.
+
+One exchange over a group (dmt/distributed/ids.py), B_s = samples each member sends:
+
+    <group>.counts               16 B (int64 [2]) to every other member, always a message
+    <group>.<p>.lengths          4 * B_s * n_j              n_j: features member j serves
+    <group>.<p>.ids              id_bytes * B_s * p_j       p_j: sum of their pooling factors
+    <group>.<p>.weights          4 * B_s * p_j              only when the batch carries weights
+    <group>.<q>                  4 * B_s * w_me             pooled rows back to every source
+    <group>.<q>.grad             4 * B_s * w_j              their gradient, to every server j
+
+id_bytes = 4 when every table has < 2^31 rows, else 8. Ids per sample and feature = pooling
+factor: exact when lengths are deterministic, the expectation otherwise.
+
+Flat (group "global", all W ranks, B_s = B):  p = "ids", q = "pooled", w_j = n_j * d.
+SPTT, rank (h, l), R = H * B samples per rail:
+    (1) "peer" (H ranks with local index l), p = "peer_ids", B_s = B, served: host g's features
+    (2) "intra" (the L ranks of host h), p = "intra_ids", B_s = R
+    (4) "intra", q = "intra_pooled", B_s = R, w_j = n_j * d
+    (6) "peer", q = "peer_pooled", B_s = B, w_g = sum of host g's Tower Module output widths
+
+Dense gradient all-reduce (dmt/distributed/model.py `sync_gradients`), payload 4 bytes per
+parameter: flat: head + every Tower Module over the world; SPTT: head over the world, host h's
+Tower Modules over its L ranks; a group of one rank adds nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dmt.cost.workload import Workload
+from dmt.distributed.plan import ShardingPlan, plan_flat, plan_sptt
+from dmt.distributed.topology import Layout
+
+COUNT_BYTES = 16  # int64 [2] per member: (lengths, ids) counts
+LENGTH_BYTES = 4  # lengths travel as int32
+FLOAT_BYTES = 4  # pooled rows, gradients, weights, dense parameters: float32
+
+
+@dataclass(frozen=True)
+class PhaseTraffic:
+    """One all-to-all call as seen by one rank: what it sends to the other members, by tier.
+
+    send_buffer_bytes / recv_buffer_bytes: the whole input / output tensor of the call, this
+    rank's own part included (what the call holds in memory).
+    """
+
+    phase: str
+    backward: bool
+    intra_bytes: float
+    cross_bytes: float
+    intra_messages: int
+    cross_messages: int
+    send_buffer_bytes: float
+    recv_buffer_bytes: float
+
+    @property
+    def bytes(self) -> float:
+        return self.intra_bytes + self.cross_bytes
+
+    @property
+    def messages(self) -> int:
+        return self.intra_messages + self.cross_messages
+
+
+@dataclass(frozen=True)
+class AllReduce:
+    """One dense-gradient all-reduce this rank joins: `size` ranks over `hosts` hosts."""
+
+    group: str  # "global" or "intra"
+    size: int
+    hosts: int
+    bytes: float  # payload
+
+
+@dataclass(frozen=True)
+class RankTraffic:
+    rank: int
+    phases: tuple[PhaseTraffic, ...]
+    allreduces: tuple[AllReduce, ...]
+
+    @property
+    def intra_host_bytes(self) -> float:
+        return sum(p.intra_bytes for p in self.phases)
+
+    @property
+    def cross_host_bytes(self) -> float:
+        return sum(p.cross_bytes for p in self.phases)
+
+    @property
+    def messages(self) -> int:
+        return sum(p.messages for p in self.phases)
+
+    @property
+    def allreduce_bytes(self) -> float:
+        return sum(a.bytes for a in self.allreduces)
+
+    @property
+    def by_phase(self) -> dict[str, float]:
+        """phase -> bytes sent (all tiers), as `CommCounter.by_phase` (phases with bytes only)."""
+        out: dict[str, float] = {}
+        for p in self.phases:
+            if p.bytes > 0:
+                out[p.phase] = out.get(p.phase, 0.0) + p.bytes
+        return out
+
+    @property
+    def by_phase_tier(self) -> dict[str, dict]:
+        """phase -> intra/cross bytes, messages and direction (calls without messages left out)."""
+        return {
+            p.phase: {
+                "intra_host_bytes": p.intra_bytes,
+                "cross_host_bytes": p.cross_bytes,
+                "messages": p.messages,
+                "backward": p.backward,
+            }
+            for p in self.phases
+            if p.messages > 0
+        }
+
+    def counters(self) -> dict:
+        """The same keys as `CommCounter.snapshot()`."""
+        return {
+            "intra_host_bytes": self.intra_host_bytes,
+            "cross_host_bytes": self.cross_host_bytes,
+            "messages": self.messages,
+            "by_phase": self.by_phase,
+            "allreduce_bytes": self.allreduce_bytes,
+        }
+
+
+@dataclass(frozen=True)
+class ModeTraffic:
+    """Per-rank traffic of one mode ("flat", "sptt" or "sptt_tm") on one layout."""
+
+    mode: str
+    plan: ShardingPlan
+    workload: Workload
+    ranks: tuple[RankTraffic, ...] = field(repr=False)
+
+    def mean(self) -> dict:
+        """Mean over ranks of every counter (what the training summary reports)."""
+        n = len(self.ranks)
+        totals = {"intra_host_bytes": 0.0, "cross_host_bytes": 0.0, "messages": 0.0, "allreduce_bytes": 0.0}
+        by_phase: dict[str, float] = {}
+        tiers: dict[str, dict] = {}
+        for r in self.ranks:
+            counters = r.counters()
+            for k in totals:
+                totals[k] += counters[k]
+            for p, b in counters["by_phase"].items():
+                by_phase[p] = by_phase.get(p, 0.0) + b
+            for p, t in r.by_phase_tier.items():
+                acc = tiers.setdefault(p, {"intra_host_bytes": 0.0, "cross_host_bytes": 0.0, "messages": 0.0})
+                for k in acc:
+                    acc[k] += t[k]
+                acc["backward"] = t["backward"]
+        return {
+            **{k: v / n for k, v in totals.items()},
+            "by_phase": {p: by_phase[p] / n for p in sorted(by_phase)},
+            "by_phase_tier": {
+                p: {k: v / n if k != "backward" else v for k, v in tiers[p].items()} for p in sorted(tiers)
+            },
+        }
+
+
+# ---- one exchange over one group, for all its members at once -------------------------------
+
+
+@dataclass(frozen=True)
+class _Group:
+    name: str
+    members: list[int]  # global ranks, in group order
+    hosts: np.ndarray  # host of each member
+
+
+def _group(name: str, members: list[int], layout: Layout) -> _Group:
+    return _Group(name, members, np.array([layout.host_of(m) for m in members]))
+
+
+def _to_receiver(g: _Group, phase: str, backward: bool, v: np.ndarray) -> list[PhaseTraffic]:
+    """Every member sends v[j] bytes to member j (the amount depends on the receiver only)."""
+    v = np.broadcast_to(np.asarray(v, dtype=np.float64), g.hosts.shape)
+    nz = (v > 0).astype(np.float64)
+    host_sum = np.bincount(g.hosts, weights=v)[g.hosts]  # per member: bytes its host's members get
+    host_nz = np.bincount(g.hosts, weights=nz)[g.hosts]
+    intra, cross = host_sum - v, v.sum() - host_sum
+    n_intra, n_cross = host_nz - nz, nz.sum() - host_nz
+    send, recv = float(v.sum()), v * len(g.members)
+    return [
+        PhaseTraffic(phase, backward, a, b, int(c), int(d), send, e)
+        for a, b, c, d, e in zip(
+            intra.tolist(), cross.tolist(), n_intra.tolist(), n_cross.tolist(), recv.tolist(), strict=True
+        )
+    ]
+
+
+def _from_sender(g: _Group, phase: str, backward: bool, c: np.ndarray) -> list[PhaseTraffic]:
+    """Member i sends c[i] bytes to every member (the amount depends on the sender only)."""
+    c = np.broadcast_to(np.asarray(c, dtype=np.float64), g.hosts.shape)
+    same = np.bincount(g.hosts)[g.hosts]  # members on each member's host
+    peers_intra, peers_cross = same - 1, len(g.members) - same
+    busy = c > 0
+    recv = float(c.sum())
+    return [
+        PhaseTraffic(phase, backward, ci * pi, ci * pc, pi if bi else 0, pc if bi else 0, ci * len(g.members), recv)
+        for ci, pi, pc, bi in zip(c.tolist(), peers_intra.tolist(), peers_cross.tolist(), busy.tolist(), strict=True)
+    ]
+
+
+def _exchange(
+    g: _Group,
+    ids_phase: str,
+    rows_phase: str,
+    samples: float,
+    n_served: np.ndarray,
+    pooling: np.ndarray,
+    width: np.ndarray,
+    id_bytes: int,
+    weighted: bool,
+) -> list[list[PhaseTraffic]]:
+    """send_ids + return_rows over one group. samples: B_s, the samples each member sends
+    (equal over a group); n_served, pooling, width: per member j. -> per member, its phases."""
+    if len(g.members) == 1:
+        return [[]]
+    b = float(samples)
+    parts = [
+        _to_receiver(g, f"{g.name}.counts", False, np.full(len(g.members), float(COUNT_BYTES))),
+        _to_receiver(g, f"{g.name}.{ids_phase}.lengths", False, LENGTH_BYTES * b * n_served),
+        _to_receiver(g, f"{g.name}.{ids_phase}.ids", False, id_bytes * b * pooling),
+    ]
+    if weighted:
+        parts.append(_to_receiver(g, f"{g.name}.{ids_phase}.weights", False, FLOAT_BYTES * b * pooling))
+    parts.append(_from_sender(g, f"{g.name}.{rows_phase}", False, FLOAT_BYTES * b * width))
+    parts.append(_to_receiver(g, f"{g.name}.{rows_phase}.grad", True, FLOAT_BYTES * b * width))
+    return [list(p) for p in zip(*parts, strict=True)]
+
+
+# ---- the two dataflows ---------------------------------------------------------------------------
+
+
+def _served(plan: ShardingPlan, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
+    """Per global rank: features served and their summed pooling factors."""
+    pf = {f.name: f.pooling_factor for f in workload.features}
+    n = np.zeros(plan.layout.world)
+    p = np.zeros(plan.layout.world)
+    for f, table in plan.feature_table.items():
+        r = plan.table_owner[table]
+        n[r] += 1
+        p[r] += pf[f]
+    return n, p
+
+
+def _id_bytes(plan: ShardingPlan) -> int:
+    return 4 if plan.max_rows < 2**31 else 8
+
+
+def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
+    layout, w = plan.layout, workload
+    n, p = _served(plan, w)
+    world = _group("global", list(range(layout.world)), layout)
+    phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, n * w.dim, _id_bytes(plan), w.weighted)
+    dense = w.shape.head_params + sum(w.shape.tower_params)
+    allreduce = (AllReduce("global", layout.world, layout.hosts, FLOAT_BYTES * dense),)
+    if layout.world == 1 or dense == 0:
+        allreduce = ()
+    return [RankTraffic(r, tuple(phases[r]), allreduce) for r in range(layout.world)]
+
+
+def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
+    layout, w, b = plan.layout, workload, workload.batch_size
+    hosts, per_host = layout.hosts, layout.ranks_per_host
+    n, p = _served(plan, w)
+    id_bytes = _id_bytes(plan)
+    # per host g: features of its towers, their pooling, its Tower Modules' output width and params
+    pf = {f.name: f.pooling_factor for f in w.features}
+    host_n, host_p, host_w, host_params = (np.zeros(hosts) for _ in range(4))
+    for t, g in enumerate(plan.tower_host):
+        host_n[g] += len(w.shape.towers[t])
+        host_p[g] += sum(pf[f] for f in w.shape.towers[t])
+        host_w[g] += w.shape.tower_widths[t]
+        host_params[g] += w.shape.tower_params[t]
+    rail = np.where(host_n > 0, float(hosts * b), 0.0)  # samples a host's ranks hold after step (1)
+
+    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
+    peer_ids: dict[int, list[PhaseTraffic]] = {}
+    peer_rows: dict[int, list[PhaseTraffic]] = {}
+    for local in range(per_host):
+        g = _group("peer", layout.peer_ranks(local), layout)
+        ids_and_rows = _exchange(g, "peer_ids", "peer_pooled", b, host_n, host_p, host_w, id_bytes, w.weighted)
+        split = 4 if w.weighted else 3  # counts, lengths, ids[, weights] | rows, grad
+        for m, ph in zip(g.members, ids_and_rows, strict=True):
+            peer_ids[m], peer_rows[m] = ph[:split], ph[split:]
+    for h in range(hosts):
+        members = layout.host_ranks(h)
+        g = _group("intra", members, layout)
+        served, pooling, width = n[members], p[members], n[members] * w.dim
+        ex = _exchange(g, "intra_ids", "intra_pooled", rail[h], served, pooling, width, id_bytes, w.weighted)
+        for m, ph in zip(members, ex, strict=True):
+            phases[m] = [*peer_ids[m], *ph, *peer_rows[m]]  # forward order: (1), (2) and (4), (6)
+
+    out = []
+    for r in range(layout.world):
+        h = layout.host_of(r)
+        ar = []
+        if layout.world > 1 and w.shape.head_params > 0:
+            ar.append(AllReduce("global", layout.world, hosts, FLOAT_BYTES * w.shape.head_params))
+        if per_host > 1 and host_params[h] > 0:
+            ar.append(AllReduce("intra", per_host, 1, FLOAT_BYTES * float(host_params[h])))
+        out.append(RankTraffic(r, tuple(phases[r]), tuple(ar)))
+    return out
+
+
+def make_plan(mode: str, workload: Workload, layout: Layout) -> ShardingPlan:
+    """The placement a run would use: `plan_flat` for "flat", `plan_sptt` for the SPTT modes."""
+    features = list(workload.features)
+    if mode == "flat":
+        return plan_flat(features, workload.dim, layout)
+    return plan_sptt(features, [list(t) for t in workload.shape.towers], workload.dim, layout)
+
+
+def traffic(mode: str, workload: Workload, layout: Layout, plan: ShardingPlan | None = None) -> ModeTraffic:
+    """Per-rank traffic of `mode` ("flat", or "sptt" / "sptt_tm": the SPTT dataflow)."""
+    plan = plan or make_plan(mode, workload, layout)
+    ranks = flat_traffic(plan, workload) if plan.mode == "flat" else sptt_traffic(plan, workload)
+    return ModeTraffic(mode, plan, workload, tuple(ranks))

@@ -1,0 +1,187 @@
+"""What the cost model needs to know about a config: features, towers and the dense modules' sizes.
+
+Nothing here allocates real tensors: the model is built on torch's "meta" device, so a config with
+hundreds of features and billions of embedding rows still loads in well under a second. The
+synthetic source's feature list is rebuilt from its structural seed alone (the generator's tables
+and teacher are never drawn); `tests/test_cost.py` checks it equals `SyntheticSource.features`.
+
+    ModelShape   towers, Tower Module output widths (floats per sample), parameter counts and
+                 forward FLOPs per sample of every dense part
+    Workload     features + shape + embedding dim + per-rank batch: the input of traffic.py
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from dmt.config import Config, DataConfig, ModelConfig
+from dmt.data.base import FeatureSpec
+from dmt.models.build import build_model, resolve_towers
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The dense side of one model variant, per sample.
+
+    towers: feature names per tower (the flat model: one tower of every feature).
+    tower_widths: floats per sample each Tower Module outputs (what SPTT step 6 ships).
+    tower_params / head_params: parameter counts (float32) of each Tower Module and of the rest
+        of the dense model (bottom MLP, interaction, top MLP or cross/deep nets).
+    tower_flops / head_flops: forward FLOPs per sample (multiply-add = 2 FLOPs).
+    flat: one tower with an identity Tower Module (the baseline model).
+    """
+
+    towers: tuple[tuple[str, ...], ...]
+    tower_widths: tuple[int, ...]
+    tower_params: tuple[int, ...]
+    head_params: int
+    tower_flops: tuple[float, ...]
+    head_flops: float
+    flat: bool
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything per-step traffic depends on (besides the placement)."""
+
+    features: tuple[FeatureSpec, ...]
+    shape: ModelShape
+    dim: int
+    batch_size: int  # per rank
+    weighted: bool = False  # per-id float32 weights travel with the ids
+
+
+def synthetic_feature_specs(data: DataConfig) -> list[FeatureSpec]:
+    """`SyntheticSource(data).features` without drawing the tables or the teacher.
+
+    Mirrors the structural part of dmt/data/synthetic.py: the first draw of the structure
+    generator permutes the group labels over features; cardinalities cycle; the first
+    `shared_tables` disjoint same-group pairs share the first member's table.
+    """
+    from dmt.data.synthetic import _STRUCTURE_KEY, _shared_pairs
+
+    s = data.synthetic
+    rng = np.random.default_rng(np.random.SeedSequence([data.seed, _STRUCTURE_KEY]))
+    group_of = rng.permutation(np.repeat(np.arange(len(s.group_sizes)), s.group_sizes))
+    groups = [np.flatnonzero(group_of == g) for g in range(len(s.group_sizes))]
+    pooling = np.asarray(s.group_pooling, dtype=np.float64)[group_of]
+    num = len(group_of)
+    card = [s.cardinalities[f % len(s.cardinalities)] for f in range(num)]
+    owner = list(range(num))
+    for a, b in _shared_pairs(groups, s.shared_tables):
+        owner[b], card[b] = a, card[a]
+    return [FeatureSpec(f"f{f:02d}", f"t{owner[f]:02d}", int(card[f]), float(pooling[f])) for f in range(num)]
+
+
+def feature_specs(data: DataConfig) -> tuple[list[FeatureSpec], int]:
+    """-> (features, num_dense) of the configured source, cheaply for synthetic data."""
+    if data.source == "synthetic":
+        return synthetic_feature_specs(data), data.num_dense
+    from dmt.data import make_source
+
+    source = make_source(data)
+    return list(source.features), source.num_dense
+
+
+def _forward_flops(module: torch.nn.Module, *inputs: torch.Tensor) -> float:
+    with FlopCounterMode(display=False) as counter:
+        module(*inputs)
+    return float(counter.get_total_flops())
+
+
+def model_shape(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -> ModelShape:
+    """Build the model on the meta device and read its widths, parameter counts and FLOPs.
+
+    The embedding tables do not shape the dense side, so the build reads every feature from one
+    one-row table (hundreds of meta tables would cost seconds); equal Tower Modules (same class,
+    input and output width) are measured once.
+    """
+    stand_in = [FeatureSpec(f.name, "_", 1, f.pooling_factor) for f in features]
+    with torch.device("meta"):
+        model = build_model(cfg, stand_in, num_dense)
+        tower_params = [0] * len(model.towers)
+        head_params = 0
+        for name, p in model.named_parameters():
+            if name.startswith("embeddings."):
+                continue
+            if name.startswith("tower_modules."):
+                tower_params[int(name.split(".")[1])] += p.numel()
+            else:
+                head_params += p.numel()
+        measured: dict[tuple, float] = {}
+        tower_flops = []
+        for tm in model.tower_modules:
+            key = (type(tm).__name__, tm.in_features, tm.out_features)
+            if key not in measured:
+                measured[key] = _forward_flops(tm, torch.empty(1, tm.in_features))
+            tower_flops.append(measured[key])
+        outputs = [torch.empty(1, tm.out_features) for tm in model.tower_modules]
+        head_flops = _forward_flops(_HeadOnly(model), torch.empty(1, num_dense), *outputs)
+    return ModelShape(
+        towers=tuple(tuple(t) for t in model.towers),
+        tower_widths=tuple(tm.out_features for tm in model.tower_modules),
+        tower_params=tuple(tower_params),
+        head_params=head_params,
+        tower_flops=tuple(tower_flops),
+        head_flops=head_flops,
+        flat=model.is_flat,
+    )
+
+
+class _HeadOnly(torch.nn.Module):
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, dense: torch.Tensor, *outputs: torch.Tensor) -> torch.Tensor:
+        return self.model.head(dense, list(outputs))
+
+
+def has_towers(cfg: ModelConfig) -> bool:
+    return bool(cfg.towers or cfg.towers_file or cfg.num_towers > 0)
+
+
+def flat_model_config(cfg: ModelConfig) -> ModelConfig:
+    """The baseline: every feature in one identity tower."""
+    return dataclasses.replace(cfg, towers=[], towers_file="", num_towers=0, tower_compression_ratios=[])
+
+
+def tower_model_config(
+    cfg: ModelConfig, towers: list[list[str]], compress: bool, ratio: float | None = None
+) -> ModelConfig:
+    """The config's model with explicit towers. `compress=False`: identity Tower Modules (SPTT, CR 1);
+    `ratio`: one compression ratio for every tower instead of the config's. Per-tower ratios are
+    kept only when they match the number of towers."""
+    if compress:
+        per_tower = cfg.tower_compression_ratios if len(cfg.tower_compression_ratios) == len(towers) else []
+        if ratio is not None:
+            per_tower = []
+        cr = cfg.compression_ratio if ratio is None else ratio
+        return dataclasses.replace(
+            cfg, towers=towers, towers_file="", num_towers=0, compression_ratio=cr, tower_compression_ratios=per_tower
+        )
+    return dataclasses.replace(
+        cfg,
+        towers=towers,
+        towers_file="",
+        num_towers=0,
+        tower_module="identity",
+        compression_ratio=1.0,
+        tower_compression_ratios=[],
+    )
+
+
+def equal_towers(names: list[str], count: int) -> list[list[str]]:
+    """The feature order cut into `count` contiguous chunks (as model.num_towers does)."""
+    cfg = ModelConfig(num_towers=count)
+    return resolve_towers(cfg, names)
+
+
+def config_towers(cfg: Config, names: list[str]) -> list[list[str]] | None:
+    """The towers the config names (towers, towers_file or num_towers), else None."""
+    return resolve_towers(cfg.model, names) if has_towers(cfg.model) else None

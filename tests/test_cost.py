@@ -1,0 +1,251 @@
+"""The cost model (dmt/cost): exact counts against real runs, timing trends, memory, and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dmt.cli import main
+from dmt.config import ModelConfig, load_config
+from dmt.cost.estimate import Estimator
+from dmt.cost.memory import rank_memory
+from dmt.cost.presets import PRESETS, cluster
+from dmt.cost.timing import TimingModel, alltoall_busbw, mode_timing
+from dmt.cost.traffic import traffic
+from dmt.cost.workload import Workload, feature_specs, model_shape
+from dmt.data import make_source
+from dmt.data.base import FeatureSpec
+from dmt.distributed.topology import Layout
+from dmt.errors import UserError
+
+from .dist_helpers import run_ranks, small_config
+
+# one id per feature and sample: lengths are deterministic, so the model's counts are exact
+ONE_ID = ["data.synthetic.group_pooling=[1.0,1.0,1.0,1.0]", "data.synthetic.max_pooling=1"]
+DLRM, DCN = "configs/synthetic_dmt_dlrm.toml", "configs/synthetic_dmt_dcn.toml"
+FLAT_BASELINE = (DLRM, "dist.mode=flat", "model.towers_file=")
+VARIANTS = {
+    "flat": FLAT_BASELINE,
+    "sptt": (DLRM, "dist.mode=sptt", "model.tower_module=identity", "model.compression_ratio=1"),
+    "sptt_cr2": (DLRM, "dist.mode=sptt", "model.compression_ratio=2"),
+    "sptt_cr4": (DLRM, "dist.mode=sptt", "model.compression_ratio=4"),
+    "dcn_cr2": (DCN, "dist.mode=sptt", "model.compression_ratio=2"),
+}
+
+
+def _config(variant: str):
+    path, *overrides = VARIANTS[variant]
+    return small_config(path, *overrides, *ONE_ID)
+
+
+def _counters(cfg, topo, variants: list[str]) -> dict:
+    """One training step per variant on this rank -> {variant: CommCounter snapshot}."""
+    from dmt.train.loop import build, train_step
+
+    out = {}
+    for v in variants:
+        c = _config(v)
+        t = build(c, topo)
+        batch = next(t.source.train_batches(c.train.batch_size, topo.rank, topo.layout.world))
+        lengths = batch.sparse.lengths
+        assert int(lengths.min()) == int(lengths.max()) == 1, "the synthetic lengths are not deterministic"
+        t.dm.counter.reset()
+        train_step(t, batch)
+        out[v] = t.dm.counter.snapshot()
+    return out
+
+
+def _predicted(variant: str, layout: Layout) -> list[dict]:
+    c = _config(variant)
+    features, num_dense = feature_specs(c.data)
+    workload = Workload(tuple(features), model_shape(c.model, features, num_dense), c.model.embedding_dim, 32)
+    return [r.counters() for r in traffic(c.dist.mode, workload, layout).ranks]
+
+
+@pytest.mark.parametrize(
+    ("hosts", "per_host", "variants"),
+    [
+        (2, 2, list(VARIANTS)),
+        (1, 2, ["flat", "sptt_cr2", "sptt_cr4"]),
+        (4, 1, ["flat", "sptt_cr2", "sptt_cr4"]),
+    ],
+)
+def test_counts_equal_a_real_run(hosts, per_host, variants):
+    """Bytes by tier and phase, messages and all-reduce payload: per rank, exactly."""
+    got = run_ranks(hosts, per_host, _counters, small_config(), variants)
+    layout = Layout(hosts, per_host)
+    for v in variants:
+        expected = _predicted(v, layout)
+        for rank in range(layout.world):
+            assert got[rank][v] == expected[rank], (v, rank)
+    if hosts > 1:  # something crossed hosts, so the comparison was not vacuous
+        assert all(got[r]["sptt_cr2"]["cross_host_bytes"] > 0 for r in got)
+
+
+def test_synthetic_features_match_the_source():
+    """The cost model rebuilds the synthetic features from the structure seed alone."""
+    other = [
+        "data.seed=7",
+        "data.synthetic.group_sizes=[3, 5, 7, 2]",
+        "data.synthetic.group_pooling=[1.0, 2.0, 1.5, 3.0]",
+        "data.synthetic.cardinalities=[50, 70, 90]",
+        "data.synthetic.shared_tables=3",
+    ]
+    for overrides in ([], other):
+        cfg = load_config("configs/synthetic_dlrm.toml", overrides)
+        assert feature_specs(cfg.data)[0] == make_source(cfg.data).features
+
+
+# ---- presets, timing, scaling --------------------------------------------------------------------
+
+
+def test_presets_follow_design_section_2():
+    assert (PRESETS["h100"].intra_gbps, PRESETS["h100"].nic_gbps) == (370.0, 48.0)
+    assert (PRESETS["a100"].intra_gbps, PRESETS["a100"].nic_gbps) == (235.0, 25.0)
+    assert PRESETS["v100"].nic_gbps == 6.25
+    assert cluster("h100", nic_gbps=25.0).nic_gbps == 25.0
+    with pytest.raises(UserError, match="unknown cluster preset"):
+        cluster("tpu")
+    with pytest.raises(UserError, match="unknown cluster field"):
+        cluster("h100", nic=1.0)
+
+
+def test_alltoall_bus_bandwidth_matches_the_measurements():
+    h800, model = cluster("h100", nic_gbps=48.0), TimingModel()
+    assert 24.0 <= alltoall_busbw(h800, model, 8, 8, 128 * 1024) <= 28.0  # 64 x H800, 128 KB per peer
+    big = 256 << 20
+    assert 1.7 <= alltoall_busbw(h800, model, 2, 8, big) / 48.0 <= 2.0  # about 2x NIC at 2 nodes
+    assert 0.8 <= alltoall_busbw(h800, model, 256, 8, big) / 48.0 <= 1.0  # toward 1x at many
+
+
+def _paper_estimator(preset: str = "h100") -> Estimator:
+    return Estimator(load_config("configs/paper_dlrm.toml"), cluster(preset))
+
+
+def test_tower_modules_divide_the_cross_host_pooled_bytes():
+    """DLRM towers of 4/4/8/8 features: k_t = n_t / CR exactly for CR 2 and 4."""
+    cfg = load_config(DLRM, ["train.batch_size=64"])
+    est = Estimator(cfg, cluster("a100"))
+    layout = Layout(2, 2)
+    towers, _ = est.towers_for(layout.hosts)
+
+    def pooled(mode: str, ratio: float | None) -> float:
+        phases = est.run(mode, est.shape(mode, towers, ratio), layout).traffic.mean()["by_phase"]
+        return phases["peer.peer_pooled"] + phases["peer.peer_pooled.grad"]
+
+    base = pooled("sptt", None)
+    for cr in (2.0, 4.0):
+        assert pooled("sptt_tm", cr) == pytest.approx(base / cr, rel=1e-12)
+
+
+def test_comm_time_falls_with_the_compression_ratio():
+    est = _paper_estimator()
+    layout = Layout(8, 8)
+    towers, _ = est.towers_for(layout.hosts)
+    flat = est.run("flat", est.shape("flat"), layout, memory=False)
+    sptt = est.run("sptt", est.shape("sptt", towers), layout, memory=False)
+    times = [sptt.timing.comm_s]
+    for cr in (2.0, 4.0, 8.0):
+        times.append(est.run("sptt_tm", est.shape("sptt_tm", towers, cr), layout, memory=False).timing.comm_s)
+    assert times == sorted(times, reverse=True) and len(set(times)) == 4
+    assert sptt.traffic.mean()["cross_host_bytes"] == pytest.approx(flat.traffic.mean()["cross_host_bytes"])
+    assert times[-1] < flat.timing.comm_s
+
+
+def test_slower_network_means_longer_cross_host_time():
+    est_fast = _paper_estimator("h100")
+    layout = Layout(2, 8)
+    fast = est_fast.run("flat", est_fast.shape("flat"), layout, memory=False)
+    slow = mode_timing(fast.traffic, cluster("v100"))
+    assert slow.cross_s > fast.timing.cross_s * 5  # 6.25 vs 48 GB/s NICs
+
+
+# ---- memory ------------------------------------------------------------------------------------
+
+
+def _tiny() -> tuple[list[FeatureSpec], ModelConfig]:
+    features = [FeatureSpec("f0", "t0", 10), FeatureSpec("f1", "t1", 20), FeatureSpec("f2", "t2", 30)]
+    return features, ModelConfig(embedding_dim=4, bottom_mlp=[4], top_mlp=[4], tower_hidden=3)
+
+
+def test_memory_of_a_tiny_flat_model_by_hand():
+    features, mcfg = _tiny()
+    shape = model_shape(mcfg, features, num_dense=2)
+    # bottom Linear(2, 4): 12; 3 features + dense = 4 vectors, 6 dots; top Linear(4 + 6, 4) 44 + Linear(4, 1) 5
+    assert shape.head_params == 12 + 44 + 5
+    mt = traffic("flat", Workload(tuple(features), shape, 4, 8), Layout(1, 2))
+    assert mt.plan.table_owner == {"t0": 0, "t1": 1, "t2": 0}  # LPT, equal costs, ties to rank 0
+    mem = {m.rank: m for m in rank_memory(mt, "rowwise_adagrad", "adam")}
+    head = 61 * 4 * (1 + 1 + 2)  # weights, gradients, two Adam moments
+    # rank 0 serves f0 and f2 (w = 8): pooled send W * B * 8 * 4 = 512, receive B * 12 * 4 = 384
+    expected = {0: (40 * 16, 40 * 4, head, 512 + 384), 1: (20 * 16, 20 * 4, head, 256 + 384)}
+    for r, (tables, optim, dense, buffers) in expected.items():
+        m = mem[r]
+        assert (m.table_bytes, m.embedding_optimizer_bytes, m.dense_head_bytes) == (tables, optim, dense)
+        assert (m.tower_module_bytes, m.comm_buffer_bytes) == (0, buffers)
+        assert m.total_bytes == tables + optim + dense + buffers
+    sgd = rank_memory(mt, "sgd", "adagrad")[0]
+    assert (sgd.embedding_optimizer_bytes, sgd.dense_head_bytes) == (0, 61 * 4 * 3)
+
+
+def test_memory_of_tower_modules_by_hand():
+    features, mcfg = _tiny()
+    mcfg.towers, mcfg.compression_ratio = [["f0", "f1"], ["f2"]], 2.0
+    shape = model_shape(mcfg, features, num_dense=2)
+    # tower 0: n=2, k=1: compress [1, 2] + Linear(4 + 1, 3) + Linear(3, 4) = 2 + 18 + 16
+    # tower 1: n=1, k=1: compress [1, 1] + Linear(4, 3) + Linear(3, 4) = 1 + 15 + 16
+    assert shape.tower_params == (36, 32) and shape.tower_widths == (4, 4)
+    mt = traffic("sptt_tm", Workload(tuple(features), shape, 4, 8), Layout(2, 1))
+    assert mt.plan.tower_host == (0, 1)
+    mem = rank_memory(mt, "rowwise_adagrad", "adam")
+    assert [m.tower_module_bytes for m in mem] == [36 * 16, 32 * 16]
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+
+def test_estimate_cli_writes_the_contract_and_a_chart(tmp_path, capsys):
+    out = tmp_path / "estimate.json"
+    argv = ["estimate", "--preset", "a100", "--hosts", "2", "--ranks-per-host", "2", "--config", DLRM]
+    assert main([*argv, "--max-gpus", "16", "--plot", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    for mode in ("flat", "sptt", "sptt_tm"):
+        assert {"comm_s", "cross_host_bytes", "intra_host_bytes", "messages", "memory"} <= payload[mode].keys()
+        assert payload[mode]["comm_s"] > 0
+    assert payload["sptt_tm"]["cross_host_bytes"] < payload["flat"]["cross_host_bytes"]
+    assert payload["speedup"]["sptt_tm_over_flat"]["comm"] > 0
+    assert [r["gpus"] for r in payload["scaling"]] == [8, 16]
+    assert (tmp_path / "estimate.png").stat().st_size > 1000
+    assert "scaling" in capsys.readouterr().out
+
+
+def test_plan_cli_recommends_a_candidate(tmp_path):
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--preset", "h100", "--hosts", "2", "--ranks-per-host", "2", "--config", DLRM]
+    assert main([*argv, "--max-compression-ratio", "4", "--out", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert [c["compression_ratio"] for c in payload["candidates"]] == [1, 2, 4]
+    assert payload["recommended"]["comm_s"] == min(c["comm_s"] for c in payload["candidates"])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--hosts", "0", "--ranks-per-host", "2"],
+        ["--hosts", "8", "--ranks-per-host", "2"],  # 4 towers cannot cover 8 hosts
+        ["--hosts", "2", "--ranks-per-host", "2", "--cluster", "nic=1"],
+        ["--hosts", "2", "--ranks-per-host", "2", "--set", "model.embedding_dim=0"],
+    ],
+)
+def test_estimate_cli_rejects_bad_input(tmp_path, capsys, bad):
+    argv = ["estimate", "--preset", "h100", "--config", DLRM, *bad, "--out", str(tmp_path / "e.json")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dmt: error:") and "\n" not in err
+
+
+def test_unknown_preset_is_rejected_by_argparse(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["estimate", "--preset", "tpu", "--hosts", "1", "--ranks-per-host", "2", "--config", DLRM, "--out", "x"])
+    assert e.value.code == 2
