@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -137,3 +138,31 @@ def test_hosts_without_towers_still_equal_one_device():
     )
     diffs = run_ranks(4, 1, verify_rank, cfg, 2)[0]
     assert max(diffs.values()) <= TOLERANCE, diffs
+
+
+def test_verify_command_writes_ok(tmp_path):
+    from dmt.cli import main
+
+    out = tmp_path / "verify.json"
+    code = main(
+        [
+            "verify",
+            "--config",
+            "configs/synthetic_dmt_dcn.toml",
+            "--set",
+            "train.batch_size=16",
+            "data.synthetic.eval_samples=512",
+            "--hosts",
+            "2",
+            "--ranks-per-host",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    result = json.loads(out.read_text())
+    assert code == 0 and result["ok"] is True
+    assert result["world"] == {"hosts": 2, "ranks_per_host": 1} and result["mode"] == "sptt"
+    assert set(result["max_abs_diff"]) == {"outputs", "gradients", "parameters"}
