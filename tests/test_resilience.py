@@ -49,6 +49,12 @@ def test_one_device_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed[k], full[k], rtol=0, atol=0, msg=k)
 
 
+def _dmt(*args: str, **popen) -> subprocess.Popen:
+    """`python -m dmt ARGS` as a child process with one thread per rank."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "dmt", *args], cwd=ROOT, env=env, **popen)
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
     return [int(p) for p in out.split()]
@@ -68,26 +74,18 @@ def _workers(launcher: int) -> list[int]:
 
 
 def test_killing_a_rank_stops_every_rank(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dmt",
-            "train",
-            "--config",
-            "configs/synthetic_dlrm.toml",
-            "--nproc",
-            "2",
-            "--set",
-            "train.steps=1000000",
-            "train.batch_size=64",
-            "train.progress=false",
-            "--out",
-            str(tmp_path / "run"),
-        ],
-        cwd=ROOT,
-        env=env,
+    proc = _dmt(
+        "train",
+        "--config",
+        "configs/synthetic_dlrm.toml",
+        "--nproc",
+        "2",
+        "--set",
+        "train.steps=1000000",
+        "train.batch_size=64",
+        "train.progress=false",
+        "--out",
+        str(tmp_path / "run"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -133,12 +131,8 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
     """kill -9 at random moments of a run that checkpoints every step: model.pt always loads."""
     import random
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     rng = random.Random(0)
-    cmd = [
-        sys.executable,
-        "-m",
-        "dmt",
+    args = [
         "train",
         "--config",
         "configs/synthetic_dlrm.toml",
@@ -154,7 +148,7 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
     ]
     steps = []
     for _ in range(3):
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = _dmt(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 120
         while not (tmp_path / "model.pt").exists() and time.time() < deadline:
             time.sleep(0.2)
