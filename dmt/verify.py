@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from dmt.config import Config
 from dmt.distributed.topology import Topology
+from dmt.errors import UserError
 from dmt.train.loop import build, forward_backward
 
 
@@ -40,6 +41,11 @@ def verify_rank(cfg: Config, topo: Topology, steps: int) -> dict:
     stream = ref.source.train_batches(world * bs)  # global batches; rank r's is the r-th slice
     for _ in range(steps):
         batch = next(stream).to(sharded.device)
+        if batch.size != world * bs:
+            raise UserError(
+                f"dmt verify needs full global batches of {world * bs} samples, the data gave {batch.size} "
+                "(malformed rows were skipped?); verify on clean data"
+            )
         mine = batch.slice_samples(rank * bs, (rank + 1) * bs)
         _, ref_logits = forward_backward(ref, batch)
         _, logits = forward_backward(sharded, mine)

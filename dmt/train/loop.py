@@ -259,6 +259,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     phases = sorted({p for c in comm for p in c["by_phase"]})
     by_phase = _mean_over_ranks(t, {p: float(np.mean([c["by_phase"].get(p, 0) for c in comm])) for p in phases})
     layout = t.topo.layout if t.topo else None
+    malformed = getattr(t.source, "malformed", None)  # file sources count rows they skipped
+    malformed_rows = _mean_over_ranks(t, {"n": sum(c.rows for c in malformed.values()) if malformed else 0})
     summary = {
         **quality,
         "optimal_auc": optimal.get("optimal_auc"),
@@ -272,6 +274,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         "towers": None if t.model.is_flat else t.model.towers,
         "steps": steps,
         "seed": cfg.train.seed,
+        "malformed_rows": round(malformed_rows["n"] * t.world),
         "step_breakdown_ms": {k: 1e3 * v for k, v in _mean_phases(phases_s[1:] or phases_s).items()},
         "train_log": log,
     }
