@@ -159,6 +159,19 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
         steps.append(int(state["step"]))
     assert steps[0] > 0 and steps == sorted(steps), steps  # each run resumed from the last good checkpoint
 
+    # finishing the killed run reaches exactly what an uninterrupted run of the same length reaches
+    from dmt.train.loop import train
+
+    total = steps[-1] + 3
+    finish = small_config("configs/synthetic_dlrm.toml", f"train.steps={total}", "train.batch_size=32")
+    resumed = train(finish, tmp_path, resume=True)
+    straight = train(finish, tmp_path / "straight")
+    _, a = load_file(tmp_path)
+    _, b = load_file(tmp_path / "straight")
+    for k in b:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    assert resumed["auc"] == straight["auc"] and resumed["logloss"] == straight["logloss"]
+
 
 def test_same_seed_and_topology_give_identical_metrics(tmp_path):
     import json
