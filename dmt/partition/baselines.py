@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from dmt.partition.kmeans import lpt
+
 
 def _cut(sizes: list[int], k: int) -> np.ndarray:
     """Contiguous chunks of about equal total size, none empty -> labels [len(sizes)] (needs
@@ -45,11 +47,4 @@ def random(items: list[list[int]], k: int, seed: int) -> np.ndarray:
 
 def greedy(loads: np.ndarray, k: int) -> np.ndarray:
     """Longest processing time first over item loads [n]."""
-    loads = np.asarray(loads, dtype=np.float64)
-    labels = np.empty(loads.size, dtype=np.int64)
-    tower_load = np.zeros(k)
-    for i in np.argsort(-loads, kind="stable"):
-        t = int(np.argmin(tower_load))
-        labels[i] = t
-        tower_load[t] += loads[i]
-    return labels
+    return lpt(loads, k)

@@ -29,7 +29,9 @@ def parse_cost(spec: str) -> dict[str, float]:
         name, _, weight = part.partition("=")
         name = name.strip()
         if name not in COMPONENTS:
-            raise UserError(f"--cost: unknown component '{name}'; allowed: {', '.join(COMPONENTS)} (or a mix a=1,b=0.5)")
+            raise UserError(
+                f"--cost: unknown component '{name}'; allowed: {', '.join(COMPONENTS)} (or a mix a=1,b=0.5)"
+            )
         try:
             value = float(weight) if weight else 1.0
         except ValueError:

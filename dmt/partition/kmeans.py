@@ -11,9 +11,10 @@ cost c_i. With centroids m_t, the assignment step solves
          x_it in {0, 1}
 
 and the update step sets m_t to the w-weighted mean of its items. Each restart starts from seeded
-k-means++ centroids; the restart with the lowest objective wins. `min_feasible_bound` solves the
-min-max-load problem (the same constraints with the bound as the variable being minimised), which
-is the smallest bound any assignment can meet.
+k-means++ centroids; the restart with the lowest objective wins. `is_feasible` decides whether a
+bound can be met at all (cheap checks, then the same MILP with a zero objective);
+`min_feasible_bound` solves the min-max-load problem (the same constraints with the bound as the
+variable being minimised), the smallest bound any assignment meets: the number an error names.
 """
 
 from __future__ import annotations
@@ -44,15 +45,15 @@ def _load_rows(per_tower: csr_matrix, loads: np.ndarray, k: int) -> csr_matrix:
     return csr_matrix(per_tower.multiply(np.repeat(np.asarray(loads, dtype=np.float64), k)[None, :]))
 
 
-def assign(cost_matrix: np.ndarray, loads: np.ndarray, bound: float, time_limit: float = 60.0) -> np.ndarray:
+def assign(cost_matrix: np.ndarray, loads: np.ndarray, bound: float, time_limit: float = 30.0) -> np.ndarray:
     """cost_matrix [n, k] (objective per item and tower), loads [n] -> labels [n] minimising the total
-    objective with per-tower load <= bound and no empty tower. Raises Infeasible."""
+    objective with per-tower load <= bound and no empty tower (the best found within `time_limit`).
+    Raises Infeasible when HiGHS proves that no assignment meets the bound."""
     n, k = cost_matrix.shape
     one_each, per_tower = _structure(n, k)
-    load_rows = _load_rows(per_tower, loads, k)
     constraints = [
         LinearConstraint(one_each, 1, 1),
-        LinearConstraint(load_rows, -np.inf, bound * (1 + 1e-9) + 1e-12),
+        LinearConstraint(_load_rows(per_tower, loads, k), -np.inf, bound * (1 + 1e-9) + 1e-12),
         LinearConstraint(per_tower, 1, np.inf),
     ]
     res = milp(
@@ -62,43 +63,81 @@ def assign(cost_matrix: np.ndarray, loads: np.ndarray, bound: float, time_limit:
         constraints=constraints,
         options={**_OPTIONS, "time_limit": time_limit},
     )
-    if res.x is None:
+    if res.status == 2:
         raise Infeasible(res.message)
+    if res.x is None:
+        raise RuntimeError(f"tower assignment MILP found no solution: {res.message}")
     return np.round(res.x).reshape(n, k).argmax(1)
+
+
+def lpt(loads: np.ndarray, k: int) -> np.ndarray:
+    """Longest processing time first: items by decreasing load, each to the least-loaded tower
+    (lowest index on ties) -> labels [n]. Max load is within 4/3 of the optimum."""
+    loads = np.asarray(loads, dtype=np.float64)
+    labels = np.empty(loads.size, dtype=np.int64)
+    tower_load = np.zeros(k)
+    for i in np.argsort(-loads, kind="stable"):
+        t = int(np.argmin(tower_load))
+        labels[i] = t
+        tower_load[t] += loads[i]
+    return labels
+
+
+def is_feasible(loads: np.ndarray, k: int, bound: float) -> bool:
+    """Can `loads` [n] go to k non-empty towers with every load <= bound? Cheap checks first
+    (too few items, max item, average, LPT's assignment), then the assignment MILP."""
+    loads = np.asarray(loads, dtype=np.float64)
+    slack = bound * (1 + 1e-9) + 1e-12
+    if loads.size < k or loads.max() > slack or loads.sum() / k > slack:
+        return False
+    labels = lpt(loads, k)
+    if np.bincount(labels, weights=loads, minlength=k).max() <= slack:
+        return True
+    try:
+        assign(np.zeros((loads.size, k)), loads, bound)
+    except Infeasible:
+        return False
+    return True
 
 
 def min_feasible_bound(loads: np.ndarray, k: int, time_limit: float = 60.0) -> tuple[float, float]:
     """Smallest achievable max tower load over assignments of `loads` [n] to k non-empty towers.
-    -> (lower, upper): equal when HiGHS proves optimality within `time_limit` (the usual case)."""
-    loads = np.asarray(loads, dtype=np.float64)
+    -> (lower, upper): equal when HiGHS proves optimality within `time_limit` (the usual case);
+    else the optimum lies in [lower, upper] and `upper` is achieved.
+
+    Symmetry breaking: with items sorted by decreasing load, item i may only use towers 0..i (any
+    assignment can be relabelled so that towers are ordered by their first item)."""
+    loads = np.sort(np.asarray(loads, dtype=np.float64))[::-1]
     n = loads.size
     if n < k:
         raise Infeasible(f"{n} items cannot fill {k} non-empty towers")
     one_each, per_tower = _structure(n, k)
-    load_rows = _load_rows(per_tower, loads, k)
     # variables: x [n*k], then z; minimise z with load_t - z <= 0
     objective = np.zeros(n * k + 1)
     objective[-1] = 1.0
-    z_col = csr_matrix(np.ones((k, 1)))
+    upper_bounds = np.r_[np.ones(n * k), np.inf]
+    for i in range(min(n, k)):
+        upper_bounds[i * k + i + 1 : (i + 1) * k] = 0.0
     constraints = [
         LinearConstraint(hstack([one_each, csr_matrix((n, 1))]), 1, 1),
-        LinearConstraint(hstack([load_rows, -z_col]), -np.inf, 0),
+        LinearConstraint(hstack([_load_rows(per_tower, loads, k), -csr_matrix(np.ones((k, 1)))]), -np.inf, 0),
         LinearConstraint(hstack([per_tower, csr_matrix((k, 1))]), 1, np.inf),
     ]
-    integrality = np.ones(n * k + 1)
-    integrality[-1] = 0
+    integrality = np.r_[np.ones(n * k), 0.0]
     res = milp(
         objective,
         integrality=integrality,
-        bounds=Bounds(np.zeros(n * k + 1), np.r_[np.ones(n * k), np.inf]),
+        bounds=Bounds(np.zeros(n * k + 1), upper_bounds),
         constraints=constraints,
         options={**_OPTIONS, "time_limit": time_limit},
     )
     if res.x is None:
-        raise Infeasible(res.message)
-    upper = float(res.x[-1])
-    lower = upper if res.status == 0 else float(max(res.mip_dual_bound, loads.max(), loads.sum() / k))
-    return lower, upper
+        raise RuntimeError(f"min-max load MILP found no solution: {res.message}")
+    labels = np.round(res.x[:-1]).reshape(n, k).argmax(1)
+    upper = float(np.bincount(labels, weights=loads, minlength=k).max())  # exact load of the solution
+    if res.status == 0:
+        return upper, upper
+    return float(max(res.mip_dual_bound, loads.max(), loads.sum() / k)), upper
 
 
 @dataclass

@@ -5,8 +5,8 @@
 
 `partition(..., method="tp")` is the learned partition; "sequential", "random" and "greedy" are
 the baselines of DESIGN section 1. Every method keeps features that share a table in one tower.
-The TP load bound is (1 + tolerance) * total cost / K; a bound below the smallest feasible one
-(the optimum of the min-max-load assignment) is a UserError that names that smallest bound.
+The TP load bound is (1 + tolerance) * total cost / K; a bound that no assignment meets is a
+UserError that names the smallest feasible bound (the optimum of the min-max-load assignment).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dmt.partition import baselines
 from dmt.partition.costs import feature_costs, items_of, parse_cost
 from dmt.partition.embed import spectral_embedding
 from dmt.partition.interaction import normalise
-from dmt.partition.kmeans import constrained_kmeans, min_feasible_bound
+from dmt.partition.kmeans import constrained_kmeans, is_feasible, min_feasible_bound
 
 METHODS = ("tp", "sequential", "random", "greedy")
 
@@ -40,7 +40,6 @@ class PartitionResult:
     feature_costs: list[float]  # [F]
     within_interaction: float | None  # share of the normalised interaction mass inside towers
     bound: float | None = None  # TP's per-tower load bound
-    min_feasible_bound: float | None = None  # smallest bound any assignment meets (TP only)
     tolerance: float | None = None
     seed: int = 0
     interaction: np.ndarray | None = field(default=None, repr=False)  # normalised S [F, F]
@@ -59,7 +58,6 @@ class PartitionResult:
             "cost": self.cost,
             "tolerance": self.tolerance,
             "bound": self.bound,
-            "min_feasible_bound": self.min_feasible_bound,
             "within_interaction": self.within_interaction,
             "seed": self.seed,
             "features": self.feature_names,
@@ -74,15 +72,15 @@ def _canonical(spec: dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in spec.items())
 
 
-def _check(features: list[FeatureSpec], k: int, method: str, tolerance: float, num_items: int) -> None:
+def check_options(k: int, method: str, tolerance: float, cost: str) -> dict[str, float]:
+    """Validate what needs no data (before any expensive work) -> the parsed cost spec."""
     if method not in METHODS:
         raise UserError(f"unknown partition method '{method}'; allowed: {', '.join(METHODS)}")
-    if not 1 <= k <= num_items:
-        raise UserError(
-            f"--towers must be in [1, {num_items}] ({len(features)} features in {num_items} tables), got {k}"
-        )
+    if k < 1:
+        raise UserError(f"--towers must be >= 1, got {k}")
     if not tolerance >= 0:
         raise UserError(f"--tolerance must be >= 0, got {tolerance}")
+    return parse_cost(cost)
 
 
 def tp_labels(
@@ -116,9 +114,12 @@ def partition(
 ) -> PartitionResult:
     """Split `features` into k towers. interaction: [F, F] in feature order (needed by "tp"; used by
     every method for `within_interaction`). dim: spectral embedding width (default k)."""
+    spec = check_options(k, method, tolerance, cost)
     items = items_of(features)
-    _check(features, k, method, tolerance, len(items))
-    spec = parse_cost(cost)
+    if k > len(items):
+        raise UserError(
+            f"--towers must be at most {len(items)} ({len(features)} features in {len(items)} tables), got {k}"
+        )
     costs = feature_costs(features, spec, embedding_dim)  # [F]
     loads = np.array([costs[it].sum() for it in items])  # [n_items]
     similarity = None
@@ -127,18 +128,13 @@ def partition(
         if interaction.shape != (len(features), len(features)):
             raise ValueError(f"interaction must be [{len(features)}, {len(features)}], got {interaction.shape}")
         similarity = normalise(interaction)
-    bound = smallest = None
+    bound = None
     if method == "tp":
         if similarity is None:
             raise ValueError("method 'tp' needs an interaction matrix")
         bound = (1.0 + tolerance) * loads.sum() / k
-        lower, smallest = min_feasible_bound(loads, k)
-        if bound < lower * (1 - 1e-9):
-            need = smallest * k / loads.sum() - 1.0
-            raise UserError(
-                f"load bound {bound:.6g} ({_canonical(spec)}, tolerance {tolerance:g}) is infeasible for {k} towers: "
-                f"the smallest feasible bound is {smallest:.6g} (--tolerance {need:.6g} or more)"
-            )
+        if not is_feasible(loads, k, bound):
+            raise UserError(_infeasible_message(loads, k, bound, _canonical(spec), tolerance))
         labels = tp_labels(similarity, items, loads, k, bound, seed, dim, restarts)
     elif method == "sequential":
         labels = baselines.sequential(items, k)
@@ -146,7 +142,19 @@ def partition(
         labels = baselines.random(items, k, seed)
     else:
         labels = baselines.greedy(loads, k)
-    return _result(features, items, labels, k, costs, similarity, method, _canonical(spec), bound, smallest, tolerance, seed)
+    return _result(features, items, labels, k, costs, similarity, method, _canonical(spec), bound, tolerance, seed)
+
+
+def _infeasible_message(loads: np.ndarray, k: int, bound: float, cost: str, tolerance: float) -> str:
+    lower, upper = min_feasible_bound(loads, k)
+    smallest = (
+        f"{upper:.6g}" if lower >= upper * (1 - 1e-9) else f"in [{lower:.6g}, {upper:.6g}] ({upper:.6g} is feasible)"
+    )
+    need = upper * k / loads.sum() - 1.0
+    return (
+        f"load bound {bound:.6g} (cost {cost}, tolerance {tolerance:g}) is infeasible for {k} towers: "
+        f"the smallest feasible bound is {smallest}, i.e. --tolerance {need:.6g} or more"
+    )
 
 
 def _result(
@@ -159,7 +167,6 @@ def _result(
     method: str,
     cost: str,
     bound: float | None,
-    smallest: float | None,
     tolerance: float,
     seed: int,
 ) -> PartitionResult:
@@ -183,7 +190,6 @@ def _result(
         feature_costs=[float(c) for c in costs],
         within_interaction=within,
         bound=bound,
-        min_feasible_bound=smallest,
         tolerance=tolerance if method == "tp" else None,
         seed=seed,
         interaction=similarity,
