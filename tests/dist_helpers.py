@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import os
-
 from dmt.config import Config, load_config
 from dmt.distributed.launch import launch
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def run_ranks(hosts: int, ranks_per_host: int, fn, cfg: Config, *args) -> dict[int, object]:

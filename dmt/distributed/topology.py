@@ -11,7 +11,7 @@ Groups are created collectively (every rank calls `Topology.create`) and passed 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch.distributed as dist
 
@@ -69,7 +69,6 @@ class Topology:
     world_group: dist.ProcessGroup | None = None
     intra_group: dist.ProcessGroup | None = None
     peer_group: dist.ProcessGroup | None = None
-    peer_groups: dict[int, dist.ProcessGroup] = field(default_factory=dict)
 
     @property
     def host(self) -> int:

@@ -25,6 +25,8 @@ import numpy as np
 from scipy.optimize import Bounds, LinearConstraint, milp
 from scipy.sparse import csr_matrix, hstack, kron
 
+from dmt.distributed.plan import lpt as place_lpt
+
 _OPTIONS = {"mip_rel_gap": 0.0, "presolve": True}
 
 
@@ -71,16 +73,10 @@ def assign(cost_matrix: np.ndarray, loads: np.ndarray, bound: float, time_limit:
 
 
 def lpt(loads: np.ndarray, k: int) -> np.ndarray:
-    """Longest processing time first: items by decreasing load, each to the least-loaded tower
-    (lowest index on ties) -> labels [n]. Max load is within 4/3 of the optimum."""
-    loads = np.asarray(loads, dtype=np.float64)
-    labels = np.empty(loads.size, dtype=np.int64)
-    tower_load = np.zeros(k)
-    for i in np.argsort(-loads, kind="stable"):
-        t = int(np.argmin(tower_load))
-        labels[i] = t
-        tower_load[t] += loads[i]
-    return labels
+    """Longest processing time first (the placement rule of dmt.distributed.plan): items by decreasing
+    load, each to the least-loaded tower, lowest index on ties -> labels [n]. Max load is within 4/3
+    of the optimum."""
+    return np.asarray(place_lpt(np.asarray(loads, dtype=np.float64).tolist(), k), dtype=np.int64)
 
 
 def is_feasible(loads: np.ndarray, k: int, bound: float) -> bool:

@@ -133,7 +133,9 @@ def sharded_location(directory: Path) -> Path | None:
 def load_sharded(location: Path, wanted: list[str] | None = None, prefixes: tuple[str, ...] = ()) -> dict[str, Tensor]:
     """Collective load of the keys this rank needs: `wanted` exactly, plus all keys under `prefixes`."""
     meta = dcp.FileSystemReader(str(location)).read_metadata().state_dict_metadata
-    keys = set(wanted or []) | {k for k in meta if k.startswith(prefixes)} if prefixes else set(wanted or [])
+    keys = set(wanted or [])
+    if prefixes:
+        keys |= {k for k in meta if k.startswith(prefixes)}
     template = {}
     for k in sorted(keys):
         if k not in meta:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from dmt.config import Config
@@ -40,7 +41,7 @@ def run_training(
         raise UserError(f"--nproc must be >= 0, got {nproc}")
     if under_launcher():
         summary = run_rank(_train_rank, cfg, ranks_per_host or None, str(out), resume)
-        return summary if summary and _is_rank0() else None
+        return summary if os.environ.get("RANK") == "0" else None
     if nproc <= 1:
         if ranks_per_host > 1:
             raise UserError(f"--ranks-per-host {ranks_per_host} needs --nproc >= {ranks_per_host}")
@@ -50,9 +51,3 @@ def run_training(
     check_cluster(cfg, nproc, ranks_per_host or cfg.dist.ranks_per_host)
     results = launch(nproc, _train_rank, cfg, ranks_per_host or None, str(out), resume)
     return results[0]
-
-
-def _is_rank0() -> bool:
-    import os
-
-    return os.environ.get("RANK") == "0"
