@@ -244,6 +244,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"model.{name} widths must be > 0, got {widths}")
     if m.cross_layers < 0 or m.cross_rank < 0:
         raise UserError("model.cross_layers and model.cross_rank must be >= 0")
+    if cfg.data.num_dense < 0:
+        raise UserError(f"data.num_dense must be >= 0, got {cfg.data.num_dense}")
     if cfg.data.source == "synthetic":
         if not s.group_sizes or any(g < 1 for g in s.group_sizes):
             raise UserError(f"data.synthetic.group_sizes must be positive, got {s.group_sizes}")

@@ -1,8 +1,7 @@
-"""Test session set-up.
+"""Test session set-up: one intra-op thread per process.
 
-The distributed tests fork ranks from this process. A fork of a process whose OpenMP pool already
-has worker threads can hang in the child (libgomp is not fork-safe), so the whole session runs
-torch with one intra-op thread, set before torch is first imported.
+The distributed tests start up to four ranks on two cores; single-threaded torch keeps them
+from oversubscribing the machine. Set before torch is first imported.
 """
 
 import os

@@ -1,4 +1,4 @@
-"""Run functions on several local ranks (forked, gloo on 127.0.0.1) from tests."""
+"""Run functions on several local ranks (spawned, gloo on 127.0.0.1) from tests."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dmt.distributed.launch import launch
 
 def run_ranks(hosts: int, ranks_per_host: int, fn, cfg: Config, *args) -> dict[int, object]:
     """fn(cfg, topo, *args) on hosts * ranks_per_host forked ranks -> {rank: result}."""
-    return launch(hosts * ranks_per_host, fn, cfg, ranks_per_host, *args, start_method="fork")
+    return launch(hosts * ranks_per_host, fn, cfg, ranks_per_host, *args, start_method="spawn")
 
 
 def small_config(path: str = "configs/synthetic_dmt_dlrm.toml", *overrides: str) -> Config:
