@@ -33,6 +33,7 @@ from dmt.cost.workload import (
 from dmt.data.base import FeatureSpec
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
+from dmt.figures import save_figure
 
 MODES = ("flat", "sptt", "sptt_tm")
 SCALING_GPUS = tuple(2**k for k in range(3, 13))  # 8 .. 4096
@@ -291,12 +292,7 @@ def plot_scaling(payload: dict, path: str | Path) -> Path:
     ax2.set_title(f"{payload['world']['ranks_per_host']} GPUs per host")
     ax2.legend()
     ax2.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 MAX_WORLD = 65536  # every rank is enumerated: keep the sums cheap

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dmt.figures import save_figure
+
 
 def draw_heatmap(
     matrix: np.ndarray, names: list[str], towers: list[list[str]], path: str | Path, title: str = ""
@@ -38,9 +40,4 @@ def draw_heatmap(
         ax.set_xticks(range(num), labels, rotation=90, fontsize=fontsize)
         ax.set_yticks(range(num), labels, fontsize=fontsize)
     ax.set_title(title or f"feature interactions, {len(towers)} towers (red)")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from dmt.figures import save_figure
+
 
 class RunLog:
     def __init__(self, out: Path, enabled: bool = True, tensorboard: bool = True) -> None:
@@ -79,6 +81,4 @@ def plot_curves(records: list[dict], summary: dict, path: Path) -> None:
         bottom = [b + v for b, v in zip(bottom, values, strict=True)]
     axes[2].set(title="step time by phase", xlabel="step", ylabel="ms")
     axes[2].legend(fontsize=7, loc="lower left", framealpha=0.6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
+    save_figure(fig, path, dpi=90)
