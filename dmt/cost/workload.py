@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -56,32 +55,12 @@ class Workload:
     weighted: bool = False  # per-id float32 weights travel with the ids
 
 
-def synthetic_feature_specs(data: DataConfig) -> list[FeatureSpec]:
-    """`SyntheticSource(data).features` without drawing the tables or the teacher.
-
-    Mirrors the structural part of dmt/data/synthetic.py: the first draw of the structure
-    generator permutes the group labels over features; cardinalities cycle; the first
-    `shared_tables` disjoint same-group pairs share the first member's table.
-    """
-    from dmt.data.synthetic import _STRUCTURE_KEY, _shared_pairs
-
-    s = data.synthetic
-    rng = np.random.default_rng(np.random.SeedSequence([data.seed, _STRUCTURE_KEY]))
-    group_of = rng.permutation(np.repeat(np.arange(len(s.group_sizes)), s.group_sizes))
-    groups = [np.flatnonzero(group_of == g) for g in range(len(s.group_sizes))]
-    pooling = np.asarray(s.group_pooling, dtype=np.float64)[group_of]
-    num = len(group_of)
-    card = [s.cardinalities[f % len(s.cardinalities)] for f in range(num)]
-    owner = list(range(num))
-    for a, b in _shared_pairs(groups, s.shared_tables):
-        owner[b], card[b] = a, card[a]
-    return [FeatureSpec(f"f{f:02d}", f"t{owner[f]:02d}", int(card[f]), float(pooling[f])) for f in range(num)]
-
-
 def feature_specs(data: DataConfig) -> tuple[list[FeatureSpec], int]:
     """-> (features, num_dense) of the configured source, cheaply for synthetic data."""
     if data.source == "synthetic":
-        return synthetic_feature_specs(data), data.num_dense
+        from dmt.data.synthetic import synthetic_features
+
+        return synthetic_features(data), data.num_dense
     from dmt.data import make_source
 
     source = make_source(data)

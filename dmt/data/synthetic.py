@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 from scipy.stats import poisson
 
-from dmt.config import DataConfig
+from dmt.config import DataConfig, SyntheticConfig
 from dmt.data.base import DataSource, FeatureSpec
 from dmt.sparse import Batch, KeyedJagged
 
@@ -72,6 +72,35 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return shift + np.arange(int(lens.sum()))
 
 
+def _structure_rng(data_cfg: DataConfig) -> np.random.Generator:
+    """The generator of the data's structure: its first draw is the feature -> group permutation."""
+    return np.random.default_rng(np.random.SeedSequence([data_cfg.seed, _STRUCTURE_KEY]))
+
+
+def _feature_structure(s: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """-> group_of [F] (planted groups, interleaved in feature order), owner [F] (feature f reads
+    table f unless it is the second of a shared pair) and card [F] (rows of that table)."""
+    num_features = sum(s.group_sizes)
+    group_of = rng.permutation(np.repeat(np.arange(len(s.group_sizes)), s.group_sizes))
+    groups = [np.flatnonzero(group_of == g) for g in range(len(s.group_sizes))]
+    card = np.array([s.cardinalities[f % len(s.cardinalities)] for f in range(num_features)])
+    owner = np.arange(num_features)
+    for a, b in _shared_pairs(groups, s.shared_tables):
+        owner[b], card[b] = a, card[a]
+    return group_of, owner, card
+
+
+def _feature_specs(s: SyntheticConfig, group_of: np.ndarray, owner: np.ndarray, card: np.ndarray) -> list[FeatureSpec]:
+    pooling = np.asarray(s.group_pooling, dtype=np.float64)[group_of]
+    return [FeatureSpec(f"f{f:02d}", f"t{owner[f]:02d}", int(card[f]), float(pooling[f])) for f in range(len(group_of))]
+
+
+def synthetic_features(data_cfg: DataConfig) -> list[FeatureSpec]:
+    """`SyntheticSource(data_cfg).features` without drawing the tables or the teacher."""
+    s = data_cfg.synthetic
+    return _feature_specs(s, *_feature_structure(s, _structure_rng(data_cfg)))
+
+
 class SyntheticSource(DataSource):
     """Endless deterministic train stream plus an `eval_samples` eval stream; see module docstring."""
 
@@ -80,29 +109,19 @@ class SyntheticSource(DataSource):
         self.cfg = s
         self.seed = data_cfg.seed
         self.num_dense = data_cfg.num_dense
-        rng = np.random.default_rng(np.random.SeedSequence([self.seed, _STRUCTURE_KEY]))
+        rng = _structure_rng(data_cfg)
         num_groups, num_features = len(s.group_sizes), sum(s.group_sizes)
 
-        # planted groups, interleaved in feature order
-        group_of = rng.permutation(np.repeat(np.arange(num_groups), s.group_sizes))  # [F]
+        group_of, owner, card = _feature_structure(s, rng)
         self._groups = [np.flatnonzero(group_of == g) for g in range(num_groups)]
         self._membership = np.zeros((num_groups, num_features))  # [G, F] 0/1
         self._membership[group_of, np.arange(num_features)] = 1.0
         self._pooling = np.asarray(s.group_pooling, dtype=np.float64)[group_of]  # [F]
         # [F, max_pooling - 1] cdf of 1 + Poisson(pooling - 1) at 1, 2, ..., max_pooling - 1
         self._len_cdf = poisson.cdf(np.arange(s.max_pooling - 1), self._pooling[:, None] - 1.0)
-
-        # tables: feature f owns table f unless it is the second of a shared pair
-        card = np.array([s.cardinalities[f % len(s.cardinalities)] for f in range(num_features)])
-        owner = np.arange(num_features)
-        for a, b in _shared_pairs(self._groups, s.shared_tables):
-            owner[b], card[b] = a, card[a]
         owners = np.unique(owner)
         self._table_of = np.searchsorted(owners, owner)  # [F] table index of each feature
-        self.features = [
-            FeatureSpec(f"f{f:02d}", f"t{owner[f]:02d}", int(card[f]), float(self._pooling[f]))
-            for f in range(num_features)
-        ]
+        self.features = _feature_specs(s, group_of, owner, card)
 
         # per table: Zipf law over ranks, guide table, rank -> id permutation, centred latents
         sizes = card[owners]  # [T]
