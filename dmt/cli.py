@@ -96,12 +96,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from dmt.train.checkpoint import load_file
+    from dmt.train.checkpoint import load_file, model_weights
     from dmt.train.loop import build, evaluate
 
     cfg, state = load_file(args.checkpoint)
     t = build(cfg)
-    t.model.load_state_dict({k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")})
+    t.model.load_state_dict(model_weights(state))
     result = {**evaluate(t, cfg.train.eval_batch_size), "step": int(state["step"]), "model": t.model.name}
     result.update(t.source.optimal_metrics() or {})
     print(json.dumps(result, indent=2))

@@ -62,11 +62,11 @@ class DLRM(MultiTowerModel):
     def _permute_head(self, flat_index: list[int]) -> None:
         shift = int(self.has_dense)  # vector 0 is the dense vector
         vec = list(range(shift)) + [i + shift for i in flat_index]
-        flat_pairs, pairs = pair_index(self.num_vectors), pair_index(self.num_vectors)
+        pairs = pair_index(self.num_vectors)  # the same pair layout in both models, over permuted vectors
         lead = self.dim * shift
         cols = list(range(lead)) + [0] * len(pairs)
         for (a, b), col in pairs.items():
-            cols[lead + col] = lead + flat_pairs[tuple(sorted((vec[a], vec[b])))]
+            cols[lead + col] = lead + pairs[tuple(sorted((vec[a], vec[b])))]
         first: nn.Linear = self.top[0]
         with torch.no_grad():
             first.weight.copy_(first.weight[:, cols])

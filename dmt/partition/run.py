@@ -29,7 +29,7 @@ def checkpoint_interactions(
 ) -> tuple[np.ndarray, str]:
     """Interactions from a flat model checkpoint -> ([F, F] in source feature order, family)."""
     from dmt.models.build import build_model
-    from dmt.train.checkpoint import load_file
+    from dmt.train.checkpoint import load_file, model_weights
 
     ckpt_cfg, state = load_file(checkpoint)
     family = ckpt_cfg.model.arch
@@ -39,7 +39,7 @@ def checkpoint_interactions(
     if m.towers or m.towers_file or m.num_towers > 0:
         raise UserError(f"--checkpoint {checkpoint} holds a multi-tower model; the {family} source needs a flat one")
     model = build_model(m, source.features, source.num_dense)
-    weights = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
+    weights = model_weights(state)
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

@@ -45,6 +45,11 @@ def flat_state(
     return out
 
 
+def model_weights(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The model's state dict inside a flat checkpoint state ("model/<name>" -> "<name>")."""
+    return {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
+
+
 def restore(
     state: dict[str, Tensor],
     model: nn.Module,
@@ -54,7 +59,7 @@ def restore(
 ) -> int:
     """Load a flat state into `model` and the optimizers; `held`: the model keys this rank must get.
     -> step"""
-    weights = {k[len("model/") :]: v for k, v in state.items() if k.startswith("model/")}
+    weights = model_weights(state)
     if set(weights) != held:
         missing, unexpected = sorted(held - set(weights)), sorted(set(weights) - held)
         raise UserError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
