@@ -3,7 +3,8 @@
     KeyedJagged  <--to_kjt / from_kjt-->  torchrec.KeyedJaggedTensor   (same layout, same tensors)
     our EmbeddingBagCollection  --torchrec_ebc-->  torchrec.EmbeddingBagCollection   (same weights)
     TorchRecModel(model):  KJT --TorchRec EBC--> {feature: [B, d]} --our Tower Modules, head--> logits
-    shard_table_wise(TorchRecModel):  DistributedModelParallel, tables table-wise (fused SGD or dense kernel)
+    shard(TorchRecModel, sharding):  DistributedModelParallel, tables table-wise, table-row-wise or row-wise
+                                     (fused SGD / row-wise Adagrad, or dense kernel)
 
 Only the embedding stage differs from our model, so the two can be compared number for number
 (tests/test_torchrec.py compares it with our flat baseline on 2 x 2 gloo ranks).
@@ -131,16 +132,33 @@ class TorchRecModel(nn.Module):
 # ---- sharding -------------------------------------------------------------------------------
 
 
-def shard_table_wise(
-    module: TorchRecModel, table_owner: dict[str, int], ranks_per_host: int, lr: float, kernel: str = "fused"
-) -> nn.Module:
-    """Collective. Shard `module.ebc` table-wise with DistributedModelParallel on the default group:
-    table t on rank table_owner[t] (pass our flat plan's placement to compare like with like).
+SHARDINGS = ("table_wise", "table_row_wise", "row_wise")
+FUSED_OPTIMIZERS = ("sgd", "rowwise_adagrad")  # our embedding optimizers that fbgemm's CPU kernel fuses
 
-    kernel "fused": fbgemm's CPU table-batched kernel with exact SGD at `lr` applied inside the
-    backward pass (TorchRec's optimizer fusion); the tables then need no optimizer of their own.
-    kernel "dense": the tables are plain parameters with dense gradients (`lr` is unused); step
-    `table_parameters(dmp)` with any torch optimizer.
+
+def shard(
+    module: TorchRecModel,
+    sharding: str,
+    table_owner: dict[str, int],
+    ranks_per_host: int,
+    lr: float,
+    kernel: str = "fused",
+    optimizer: str = "sgd",
+) -> nn.Module:
+    """Collective. Shard `module.ebc` with DistributedModelParallel on the default group.
+
+    sharding "table_wise": table t whole on rank table_owner[t] (pass our flat plan's placement to
+    compare like with like). "table_row_wise": table t split by rows over the ranks of host
+    table_owner[t] // ranks_per_host (TorchRec's hierarchical TWRW: ids cross hosts, pooled
+    partial sums are reduce-scattered inside the host). "row_wise": every table split by rows
+    over all ranks. TorchRec reads the ranks per host from LOCAL_WORLD_SIZE (set by torchrun);
+    it must equal `ranks_per_host`.
+
+    kernel "fused": fbgemm's CPU table-batched kernel with the embedding `optimizer` at `lr`
+    ("sgd": exact SGD; "rowwise_adagrad": exact row-wise Adagrad, eps 1e-8, as dmt's RowWiseAdagrad)
+    applied inside the backward pass (TorchRec's optimizer fusion); the tables then need no
+    optimizer of their own. kernel "dense": the tables are plain parameters with dense gradients
+    (`lr`, `optimizer` unused); step `table_parameters(dmp)` with any torch optimizer.
     The dense part is wrapped in DDP (TorchRec's default), so gradients are those of the global
     batch mean loss when each rank calls `loss.backward()` on its local mean loss, unscaled: DDP
     averages the dense gradients, and TorchRec divides the pooled-embedding gradients by W in its
@@ -149,18 +167,37 @@ def shard_table_wise(
     """
     require_torchrec()
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
+    from torchrec.distributed.comm import get_local_size
     from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
     from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+    from torchrec.distributed.sharding_plan import construct_module_sharding_plan, row_wise, table_row_wise, table_wise
     from torchrec.distributed.types import ShardingPlan
 
-    full = {t: bag.weight.detach().clone() for t, bag in module.ebc.embedding_bags.items()}
-    per_table = {t: table_wise(rank=table_owner[t], compute_kernel=kernel) for t in full}
+    if sharding not in SHARDINGS:
+        raise ValueError(f"sharding must be one of {SHARDINGS}, got {sharding!r}")
+    if kernel == "fused" and optimizer not in FUSED_OPTIMIZERS:
+        raise ValueError(f"the fused kernel takes an optimizer in {FUSED_OPTIMIZERS}, got {optimizer!r}")
     world = dist.get_world_size()
+    if sharding != "table_wise" and get_local_size(world) != ranks_per_host:
+        raise ValueError(
+            f"TorchRec sees {get_local_size(world)} ranks per host (LOCAL_WORLD_SIZE), the layout has {ranks_per_host}"
+        )
+    full = {t: bag.weight.detach().clone() for t, bag in module.ebc.embedding_bags.items()}
+    if sharding == "table_wise":
+        per_table = {t: table_wise(rank=table_owner[t], compute_kernel=kernel) for t in full}
+    elif sharding == "table_row_wise":
+        per_table = {t: table_row_wise(host_index=table_owner[t] // ranks_per_host) for t in full}
+    else:
+        per_table = {t: row_wise() for t in full}
     ebc_plan = construct_module_sharding_plan(
         module.ebc, per_table, local_size=ranks_per_host, world_size=world, device_type="cpu"
     )
-    fused = {"optimizer": EmbOptimType.EXACT_SGD, "learning_rate": lr} if kernel == "fused" else None
+    for param_sharding in ebc_plan.values():  # table_row_wise / row_wise take no kernel argument
+        param_sharding.compute_kernel = kernel
+    fused = None
+    if kernel == "fused":
+        opt = EmbOptimType.EXACT_SGD if optimizer == "sgd" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
+        fused = {"optimizer": opt, "learning_rate": lr, "eps": 1e-8}
     sharder = EmbeddingBagCollectionSharder(fused_params=fused)
     dmp = DistributedModelParallel(
         module,
@@ -172,25 +209,43 @@ def shard_table_wise(
     # module's weights (it loads them only when the module sits on an accelerator) but starts from
     # fresh random ones; copy ours into the local shards.
     with torch.no_grad():
-        for table, local in local_tables(dmp).items():
-            local.copy_(full[table])
+        for table, shards in local_shards(dmp).items():
+            for (row, col), local in shards:
+                local.copy_(full[table][row : row + local.shape[0], col : col + local.shape[1]])
     return dmp
 
 
-def local_tables(dmp: nn.Module) -> dict[str, Tensor]:
-    """Tables this rank holds in a table-wise sharded TorchRecModel: {table: [rows, dim]}, views
-    of the kernel's weights (writing to them writes the table)."""
-    out = {}
+def shard_table_wise(
+    module: TorchRecModel, table_owner: dict[str, int], ranks_per_host: int, lr: float, kernel: str = "fused"
+) -> nn.Module:
+    """`shard(module, "table_wise", ...)` with fused exact SGD (or the dense kernel)."""
+    return shard(module, "table_wise", table_owner, ranks_per_host, lr, kernel)
+
+
+def local_shards(dmp: nn.Module) -> dict[str, list[tuple[tuple[int, int], Tensor]]]:
+    """Table shards this rank holds in a sharded TorchRecModel: {table: [((row, col) offset,
+    [rows, cols] view of the kernel's weights)]} (writing to a view writes the table)."""
+    out: dict[str, list] = {}
     for key, value in dmp.state_dict().items():
         parts = key.split(".")
         if "embedding_bags" not in parts:
             continue
         table = parts[parts.index("embedding_bags") + 1]
-        shards = value.local_shards() if hasattr(value, "local_shards") else []
-        for shard in shards:
-            if list(shard.metadata.shard_offsets) != [0, 0]:
-                raise ValueError(f"table {table} is not sharded table-wise (shard at {shard.metadata.shard_offsets})")
-            out[table] = shard.tensor
+        for shard_ in value.local_shards() if hasattr(value, "local_shards") else []:
+            row, col = shard_.metadata.shard_offsets
+            out.setdefault(table, []).append(((row, col), shard_.tensor))
+    return out
+
+
+def local_tables(dmp: nn.Module) -> dict[str, Tensor]:
+    """Tables this rank holds whole in a table-wise sharded TorchRecModel: {table: [rows, dim]},
+    views of the kernel's weights (writing to them writes the table)."""
+    out = {}
+    for table, shards in local_shards(dmp).items():
+        (offset, tensor), *rest = shards
+        if rest or offset != (0, 0):
+            raise ValueError(f"table {table} is not sharded table-wise (shards at {[o for o, _ in shards]})")
+        out[table] = tensor
     return out
 
 
