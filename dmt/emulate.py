@@ -149,8 +149,16 @@ def _out_dir(train_args: list[str]) -> Path:
     return Path(train_args[train_args.index("--out") + 1])
 
 
-def emulate(hosts: int, ranks_per_host: int, mbit: float, train_args: list[str], port: int = 29511) -> dict:
-    """Run `dmt train <train_args>` on the emulated cluster. -> the run's summary with link_bytes."""
+def emulate(
+    hosts: int,
+    ranks_per_host: int,
+    mbit: float,
+    train_args: list[str],
+    port: int = 29511,
+    entry: tuple[str, ...] = ("dmt", "train"),
+) -> dict:
+    """Run `python -m <entry> <train_args>` (default `dmt train`) on the emulated cluster; the entry
+    must write --out DIR/summary.json on rank 0. -> the run's summary with link_bytes."""
     check_can_emulate(hosts, ranks_per_host, mbit)
     if any(a in train_args for a in ("--nproc", "--ranks-per-host")):
         raise UserError("give the cluster to dmt emulate (--hosts, --ranks-per-host), not to the training arguments")
@@ -185,8 +193,7 @@ def emulate(hosts: int, ranks_per_host: int, mbit: float, train_args: list[str],
                 f"--local-addr={c.address(h)}",
                 "--max-restarts=0",
                 "-m",
-                "dmt",
-                "train",
+                *entry,
                 *train_args,
             ]
             procs.append(subprocess.Popen(cmd, env=env, stdout=None if h == 0 else subprocess.DEVNULL))
