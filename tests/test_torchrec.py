@@ -3,7 +3,8 @@
 Both sides start from the same weights (one seed), read the same batches and train with SGD at the
 same learning rates; only the embedding stage differs (ours: dmt's table-wise flat mode; theirs:
 TorchRec's table-wise sharded EmbeddingBagCollection, with exact SGD fused into fbgemm's CPU kernel
-or with the dense kernel and torch SGD).
+or with the dense kernel and torch SGD). Table-row-wise: the tables split by rows over the ranks
+of a host, row-wise Adagrad on both sides (fused into fbgemm's kernel on TorchRec's).
 """
 
 from __future__ import annotations
