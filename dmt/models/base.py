@@ -10,6 +10,8 @@ identity Tower Module. Distributed code runs the same three stages on different 
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import Tensor, nn
 
@@ -22,12 +24,21 @@ from dmt.sparse import KeyedJagged
 class MultiTowerModel(nn.Module):
     family: str = ""
 
-    def __init__(self, features: list[FeatureSpec], towers: list[list[str]], dim: int, pooling: str) -> None:
+    def __init__(
+        self,
+        features: list[FeatureSpec],
+        towers: list[list[str]],
+        dim: int,
+        pooling: str,
+        tables: Collection[str] | None = None,
+    ) -> None:
+        """tables: the embedding tables to create (default all; a rank of a sharded run creates
+        only the ones it owns, see EmbeddingBagCollection.hold)."""
         super().__init__()
         self.feature_names = [f.name for f in features]
         self.towers = [list(t) for t in towers]
         self.dim = dim
-        self.embeddings = EmbeddingBagCollection(features, dim, pooling)
+        self.embeddings = EmbeddingBagCollection(features, dim, pooling, tables)
         self.tower_modules = nn.ModuleList()
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 from dmt.config import ModelConfig
@@ -72,8 +73,11 @@ def compression_ratios(cfg: ModelConfig, num_towers: int) -> list[float]:
     return [cfg.compression_ratio] * num_towers
 
 
-def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -> MultiTowerModel:
-    """Build on the current torch seed; two calls after the same torch.manual_seed are equal."""
+def build_model(
+    cfg: ModelConfig, features: list[FeatureSpec], num_dense: int, tables: Collection[str] | None = None
+) -> MultiTowerModel:
+    """Build on the current torch seed; two calls after the same torch.manual_seed are equal.
+    tables: the embedding tables to create (default all)."""
     names = [f.name for f in features]
     towers = resolve_towers(cfg, names)
     flat = not (cfg.towers or cfg.towers_file or cfg.num_towers > 0)
@@ -91,6 +95,7 @@ def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -
             tower_module=tower_module,
             compression_ratios=ratios,
             tower_hidden=cfg.tower_hidden,
+            tables=tables,
         )
     return DCN(
         features,
@@ -106,4 +111,5 @@ def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -
         tower_module=tower_module,
         compression_ratios=ratios,
         tower_cross_layers=cfg.tower_cross_layers,
+        tables=tables,
     )

@@ -7,6 +7,8 @@ parallel: logit = out([cross(x0), deep(x0)])
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import Tensor, nn
 
@@ -34,8 +36,9 @@ class DCN(MultiTowerModel):
         tower_module: str = "identity",
         compression_ratios: list[float] | None = None,
         tower_cross_layers: int = 1,
+        tables: Collection[str] | None = None,
     ) -> None:
-        super().__init__(features, towers, dim, pooling)
+        super().__init__(features, towers, dim, pooling, tables)
         ratios = compression_ratios or [1.0] * len(towers)
         for tower, cr in zip(self.towers, ratios, strict=True):
             width = len(tower) * dim

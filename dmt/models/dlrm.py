@@ -7,6 +7,8 @@ Top MLP input: [z, <v_i, v_j> for i < j over the K + 1 vectors] -> logit.
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 import torch
 from torch import Tensor, nn
 
@@ -31,8 +33,9 @@ class DLRM(MultiTowerModel):
         tower_module: str = "identity",
         compression_ratios: list[float] | None = None,
         tower_hidden: int = 64,
+        tables: Collection[str] | None = None,
     ) -> None:
-        super().__init__(features, towers, dim, pooling)
+        super().__init__(features, towers, dim, pooling, tables)
         ratios = compression_ratios or [1.0] * len(towers)
         for tower, cr in zip(self.towers, ratios, strict=True):
             if tower_module == "identity":

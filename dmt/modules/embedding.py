@@ -9,6 +9,7 @@ table. The one-device `forward` calls it once per table.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 from torch import Tensor, nn
@@ -21,9 +22,16 @@ class EmbeddingBagCollection(nn.Module):
     """Tables of width `dim`; `features` decides which table each feature reads.
 
     Gradients are sparse (only the looked-up rows), which the row-wise optimizers use.
+
+    Each table draws its initial weights from its own generator, seeded by torch's initial seed
+    (torch.manual_seed) and the table's position, never from the global stream: a rank that
+    creates only the tables it owns (`tables`, `hold`) gets exactly the one-device model's values
+    and never holds the whole model, and the dense layers built afterwards do not depend on it.
     """
 
-    def __init__(self, features: list[FeatureSpec], dim: int, pooling: str = "mean") -> None:
+    def __init__(
+        self, features: list[FeatureSpec], dim: int, pooling: str = "mean", tables: Collection[str] | None = None
+    ) -> None:
         super().__init__()
         if pooling not in ("sum", "mean"):
             raise ValueError(f"pooling must be 'sum' or 'mean', got {pooling!r}")
@@ -31,16 +39,37 @@ class EmbeddingBagCollection(nn.Module):
         self.pooling = pooling
         self.features = list(features)
         self.feature_table = {f.name: f.table for f in features}
-        rows: dict[str, int] = {}
+        self.rows: dict[str, int] = {}
         for f in features:
-            if rows.setdefault(f.table, f.num_embeddings) != f.num_embeddings:
+            if self.rows.setdefault(f.table, f.num_embeddings) != f.num_embeddings:
                 raise ValueError(f"table {f.table} is declared with two sizes")
-        self.tables = nn.ModuleDict(
-            {name: nn.EmbeddingBag(n, dim, mode="sum", sparse=True) for name, n in rows.items()}
-        )
-        for table in self.tables.values():
-            bound = 1.0 / math.sqrt(dim)
-            nn.init.uniform_(table.weight, -bound, bound)
+        self.seed = torch.initial_seed()
+        self.tables = nn.ModuleDict()
+        self.hold(self.rows if tables is None else tables)
+
+    def hold(self, tables: Collection[str]) -> None:
+        """Keep exactly `tables`: drop the others, create the missing ones (in declaration order)."""
+        unknown = set(tables) - set(self.rows)
+        if unknown:
+            raise ValueError(f"unknown tables {sorted(unknown)}")
+        for name in list(self.tables):
+            if name not in tables:
+                del self.tables[name]
+        kept = dict(self.tables.items())
+        self.tables = nn.ModuleDict()
+        for i, (name, n) in enumerate(self.rows.items()):
+            if name in kept:
+                self.tables[name] = kept[name]
+            elif name in tables:
+                self.tables[name] = self._new_table(i, n)
+
+    def _new_table(self, index: int, rows: int) -> nn.EmbeddingBag:
+        table = nn.EmbeddingBag(rows, self.dim, mode="sum", sparse=True, _weight=torch.empty(rows, self.dim))
+        bound = 1.0 / math.sqrt(self.dim)
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
+        with torch.no_grad():
+            table.weight.uniform_(-bound, bound, generator=generator)
+        return table
 
     def table_features(self) -> dict[str, list[str]]:
         """table -> the features that read it, in feature order."""
