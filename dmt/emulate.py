@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmt.errors import UserError
+from dmt.train.resources import LINK_ENV
 
 PREFIX = "dmt"
 MAX_MBIT = 400  # DESIGN section 3: rates above about 400 Mbit/s per host stop being faithful
@@ -105,22 +106,12 @@ def create(c: EmulatedCluster) -> None:
         _run("ip", "link", "set", "e0", "up", ns=ns)
         _run("ip", "link", "set", "lo", "up", ns=ns)
         for dev, where in (("e0", ns), (f"p{h}", c.switch)):  # shape both directions
-            _run(
-                "tc",
-                "qdisc",
-                "add",
-                "dev",
-                dev,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                burst,
-                "latency",
-                "100ms",
-                ns=where,
-            )
+            shape(dev, rate, burst, where)
+
+
+def shape(dev: str, rate: str, burst: str, ns: str) -> None:
+    """A token bucket at `rate` on the egress of `dev` (queueing at most 100 ms)."""
+    _run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", burst, "latency", "100ms", ns=ns)
 
 
 def link_bytes(c: EmulatedCluster) -> list[dict]:
@@ -141,6 +132,17 @@ def destroy(c: EmulatedCluster) -> None:
             with contextlib.suppress(ProcessLookupError, ValueError):
                 os.kill(int(pid), signal.SIGKILL)
         _run("ip", "netns", "del", name, check=False)
+
+
+def host_cores(hosts: int) -> list[list[int]]:
+    """The CPU cores each emulated host runs on: the machine's cores split evenly, so that hosts
+    compute side by side as real hosts do instead of taking turns on shared cores. With more
+    hosts than cores, hosts share cores round-robin."""
+    cores = sorted(os.sched_getaffinity(0))
+    if hosts >= len(cores):
+        return [[cores[h % len(cores)]] for h in range(hosts)]
+    per = len(cores) // hosts
+    return [cores[h * per : (h + 1) * per] for h in range(hosts)]
 
 
 def _out_dir(train_args: list[str]) -> Path:
@@ -175,13 +177,22 @@ def emulate(
         signal.signal(s, stop)
     try:
         create(c)
-        env = {**os.environ, "GLOO_SOCKET_IFNAME": "e0", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        env = {
+            **os.environ,
+            "GLOO_SOCKET_IFNAME": "e0",
+            LINK_ENV: "e0",
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        }
+        cores = host_cores(hosts)
         for h in range(hosts):
             cmd = [
                 "ip",
                 "netns",
                 "exec",
                 c.host_ns(h),
+                "taskset",
+                "-c",
+                ",".join(map(str, cores[h])),
                 sys.executable,
                 "-m",
                 "torch.distributed.run",

@@ -1,10 +1,22 @@
 """Measured speed on an emulated cluster (needs root): flat, SPTT (CR 1) and SPTT + Tower Modules
-(CR 2, 4, 8) on 2 hosts x 2 ranks and 4 hosts x 1 rank, cross-host links shaped with tbf.
+(CR 2, 4, 8) on 2 hosts x 2 ranks and 4 hosts x 1 rank, cross-host links shaped with tbf, each
+beside the cost model's prediction for the same emulated topology.
 
     .venv/bin/python -m benchmarks.emulated.run [--mbit 100] [--steps 200]
 
-Writes results.json and results.md here: median step time, examples/s, counted cross-host bytes
-and the bytes the shaped links carried, per run.
+Per topology, a calibration run (calibrate.py) first measures the cluster's latencies, loopback
+bandwidth and per-process runtime memory; `dmt.cost.presets.emulated` turns them and the tbf rate
+into a Cluster. Then each training run is predicted (communication time, per-rank memory) and
+measured. Writes results.json and results.md here:
+
+    speed       median step time and examples/s, speedup over flat
+    comm        predicted all-to-all + all-reduce seconds per step against the measured time with a
+                collective in flight ("busy", the rank that waited least)
+    wire        the TCP payload the host's link carried during the training loop (kernel counters:
+                bytes - 66 B of Ethernet/IPv4/TCP headers per packet) against our counters: the
+                all-to-all bytes the host's ranks sent across hosts plus the ring all-reduce's
+                2 (W - 1) / W of the dense gradients
+    memory      peak resident memory per rank against runtime (calibrated) + model state (predicted)
 """
 
 from __future__ import annotations
@@ -14,16 +26,64 @@ import json
 from pathlib import Path
 
 from benchmarks.common import provenance
+from dmt.config import load_config
+from dmt.cost.estimate import Estimator
+from dmt.cost.presets import emulated
+from dmt.distributed.topology import Layout
 from dmt.emulate import emulate
 
 HERE = Path(__file__).parent
-RUNS = [
-    ("flat", ["dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"]),
-    ("sptt cr1", ["dist.mode=sptt", "model.tower_module=identity"]),
-    ("sptt+tm cr2", ["dist.mode=sptt", "model.tower_module=compress", "model.compression_ratio=2"]),
-    ("sptt+tm cr4", ["dist.mode=sptt", "model.tower_module=compress", "model.compression_ratio=4"]),
-    ("sptt+tm cr8", ["dist.mode=sptt", "model.tower_module=compress", "model.compression_ratio=8"]),
+HEADER_BYTES = 66  # per packet on the wire: Ethernet 14 + IPv4 20 + TCP with timestamps 32
+RUNS = [  # name, cost-model mode, compression ratio, overrides
+    ("flat", "flat", None, ["dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"]),
+    ("sptt cr1", "sptt", None, ["dist.mode=sptt", "model.tower_module=identity"]),
+    *[
+        (
+            f"sptt+tm cr{cr}",
+            "sptt_tm",
+            float(cr),
+            ["dist.mode=sptt", "model.tower_module=compress", f"model.compression_ratio={cr}"],
+        )
+        for cr in (2, 4, 8)
+    ],
 ]
+
+
+def calibrate(hosts: int, per_host: int, mbit: float) -> dict:
+    out = Path("runs/bench_emulated") / f"{hosts}x{per_host}" / "calibration"
+    return emulate(hosts, per_host, mbit, ["--out", str(out)], entry=("benchmarks.emulated.calibrate",))
+
+
+def predict(config: str, overrides: list[str], mode: str, ratio: float | None, layout: Layout, cluster) -> dict:
+    cfg = load_config(config, overrides)
+    est = Estimator(cfg, cluster)
+    towers = None if mode == "flat" else est.towers_for(layout.hosts)[0]
+    e = est.run(mode, est.shape(mode, towers, ratio), layout)
+    return {
+        "comm_ms": 1e3 * e.timing.comm_s,
+        "alltoall_ms": 1e3 * e.timing.alltoall_s,
+        "allreduce_ms": 1e3 * e.timing.allreduce_s,
+        "model_state_bytes": max(r.total_bytes for r in e.memory),
+    }
+
+
+def wire(summary: dict, world: int) -> list[dict]:
+    """Per host: TCP payload on the link against the counted bytes (see the module docstring)."""
+    out = []
+    for h in summary["link_train"]:
+        payload = h["tx_bytes"] - HEADER_BYTES * h["tx_packets"]
+        counted = h["counted_cross_host_bytes"] + 2 * (world - 1) / world * h["allreduce_payload_bytes_per_rank"]
+        out.append(
+            {
+                "host": h["host"],
+                "tx_bytes": h["tx_bytes"],
+                "tx_payload_bytes": payload,
+                "counted_bytes": counted,
+                "payload_vs_counted": payload / counted - 1,
+                "tx_bytes_vs_counted": h["tx_bytes"] / counted - 1,
+            }
+        )
+    return out
 
 
 def main() -> None:
@@ -33,25 +93,26 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--topologies", default="2x2,4x1")
     args = p.parse_args()
-    rows = []
+    rows, calibrations = [], {}
     for topo in args.topologies.split(","):
         hosts, per_host = (int(x) for x in topo.split("x"))
-        for name, overrides in RUNS:
+        layout = Layout(hosts, per_host)
+        cal = calibrate(hosts, per_host, args.mbit)
+        calibrations[topo] = {k: v for k, v in cal.items() if k != "link_bytes"}
+        cluster = emulated(args.mbit, cal["loopback_gbps"] or 1.0, cal["latency_intra_s"], cal["latency_cross_s"])
+        runtime_rss = max(cal["runtime_rss_bytes"])
+        for name, mode, ratio, overrides in RUNS:
             out = Path("runs/bench_emulated") / topo / name.replace(" ", "_").replace("+", "_")
-            train_args = [
-                "--config",
-                args.config,
-                "--set",
+            settings = [
                 f"train.steps={args.steps}",
                 "train.progress=false",
                 "train.tensorboard=false",
                 "data.synthetic.eval_samples=8192",
                 *overrides,
-                "--out",
-                str(out),
             ]
-            s = emulate(hosts, per_host, args.mbit, train_args)
-            link = sum(x["tx_bytes"] for x in s["link_bytes"]) / len(s["link_bytes"])
+            s = emulate(hosts, per_host, args.mbit, ["--config", args.config, "--set", *settings, "--out", str(out)])
+            pred = predict(args.config, settings, mode, ratio, layout, cluster)
+            measured = s["comm"]["time_ms"]["min"]
             rows.append(
                 {
                     "topology": topo,
@@ -62,32 +123,109 @@ def main() -> None:
                     "auc": s["auc"],
                     "cross_host_bytes_per_step_rank": s["comm"]["cross_host_bytes"],
                     "allreduce_bytes_per_step_rank": s["comm"]["allreduce_bytes"],
-                    "link_tx_bytes_per_host": link,
+                    "comm_measured_ms": measured,
+                    "comm_predicted_ms": pred,
+                    "comm_error": pred["comm_ms"] / measured["busy"] - 1,
+                    "wire": wire(s, layout.world),
+                    "peak_rss_bytes": s["peak_rss_bytes"],
+                    "memory_predicted_bytes": runtime_rss + pred["model_state_bytes"],
+                    "memory_error": (runtime_rss + pred["model_state_bytes"]) / max(s["peak_rss_bytes"]) - 1,
                 }
             )
-            print(json.dumps(rows[-1]), flush=True)
+            print(json.dumps({k: rows[-1][k] for k in ("topology", "run", "examples_per_s", "comm_error")}), flush=True)
     for r in rows:
         base = next(x for x in rows if x["topology"] == r["topology"] and x["run"] == "flat")
         r["speedup_vs_flat"] = r["examples_per_s"] / base["examples_per_s"]
-    result = {**provenance(), "cross_host_mbit": args.mbit, "steps": args.steps, "config": args.config, "results": rows}
+    result = {
+        **provenance(),
+        "cross_host_mbit": args.mbit,
+        "steps": args.steps,
+        "config": args.config,
+        "calibration": calibrations,
+        "results": rows,
+    }
     (HERE / "results.json").write_text(json.dumps(result, indent=2))
+    (HERE / "results.md").write_text(report(result))
+
+
+def report(result: dict) -> str:
+    rows = result["results"]
+    mib = 2**20
     lines = [
-        f"# Emulated cluster, cross-host links shaped to {args.mbit:g} Mbit/s per host",
+        f"# Emulated cluster, cross-host links shaped to {result['cross_host_mbit']:g} Mbit/s per host",
         "",
         f"Command: `{result['command']}`  ",
         f"Commit: `{result['commit']}`, {result['date']}  ",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (all ranks share them)",
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (each emulated host pinned to "
+        "its own share of them)  ",
+        f"Config: `{result['config']}`, {result['steps']} steps per run, one run each",
         "",
-        "| topology | run | examples/s | speedup vs flat | median step ms | cross-host B/step/rank | link tx B/host |",
+        "## Speed",
+        "",
+        "| topology | run | examples/s | speedup vs flat | median step ms | cross-host B/step/rank | AUC |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['topology']} | {r['run']} | {r['examples_per_s']:.0f} | {r['speedup_vs_flat']:.2f}x "
-            f"| {r['step_ms']['median']:.1f} | {r['cross_host_bytes_per_step_rank']:,.0f} "
-            f"| {r['link_tx_bytes_per_host']:,.0f} |"
+            f"| {r['step_ms']['median']:.1f} | {r['cross_host_bytes_per_step_rank']:,.0f} | {r['auc']:.4f} |"
         )
-    (HERE / "results.md").write_text("\n".join(lines) + "\n")
+    lines += [
+        "",
+        "## Communication time: cost model against measurement (ms per step)",
+        "",
+        "Predicted: `dmt.cost` on `presets.emulated(rate, calibrated loopback and latencies)`, all-to-alls and the "
+        "ring all-reduce one after another. Measured: time with any collective in flight on the rank that "
+        "waited least (the all-reduce runs beside the backward's exchanges, so it is not the sum of the two).",
+        "",
+        "| topology | run | predicted all-to-all | predicted all-reduce | predicted total | measured all-to-all "
+        "| measured all-reduce | measured busy | error |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        p, m = r["comm_predicted_ms"], r["comm_measured_ms"]
+        lines.append(
+            f"| {r['topology']} | {r['run']} | {p['alltoall_ms']:.1f} | {p['allreduce_ms']:.1f} | {p['comm_ms']:.1f} "
+            f"| {m['alltoall']:.1f} | {m['allreduce']:.1f} | {m['busy']:.1f} | {100 * r['comm_error']:+.1f}% |"
+        )
+    lines += [
+        "",
+        "## The wire against our counters (training loop only, per host)",
+        "",
+        f"TCP payload = tx bytes - {HEADER_BYTES} B per packet (Ethernet 14 + IPv4 20 + TCP with timestamps 32). "
+        "Counted = the all-to-all bytes the host's ranks counted sending across hosts + 2 (W - 1) / W of the "
+        "dense gradients all-reduced over the world (gloo's ring crosses each host boundary on one edge).",
+        "",
+        "| topology | run | host | tx bytes | TCP payload | counted | payload vs counted | tx bytes vs counted |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        for w in r["wire"]:
+            lines.append(
+                f"| {r['topology']} | {r['run']} | {w['host']} | {w['tx_bytes']:,.0f} | {w['tx_payload_bytes']:,.0f} "
+                f"| {w['counted_bytes']:,.0f} | {100 * w['payload_vs_counted']:+.2f}% "
+                f"| {100 * w['tx_bytes_vs_counted']:+.2f}% |"
+            )
+    lines += [
+        "",
+        "## Memory per rank (MiB)",
+        "",
+        "Predicted = the runtime of one rank process (calibrated: torch, dmt and process groups loaded, nothing "
+        "built) + the cost model's model state of the largest rank (tables, optimizer state, Tower Modules, dense "
+        "head, communication buffers). Measured: peak resident memory of the largest rank over set-up and training.",
+        "",
+        "| topology | run | predicted | measured peak (max rank) | error |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['topology']} | {r['run']} | {r['memory_predicted_bytes'] / mib:.0f} "
+            f"| {max(r['peak_rss_bytes']) / mib:.0f} | {100 * r['memory_error']:+.1f}% |"
+        )
+    lines += ["", "## Calibration", ""]
+    for topo, cal in result["calibration"].items():
+        lines.append(f"- {topo}: `{json.dumps({k: v for k, v in cal.items() if k != 'runtime_rss_bytes'})}`")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -32,6 +32,10 @@ class Cluster:
     latency_intra_s: float = 4e-6  # fixed cost of one intra-host all-to-all call
     latency_cross_s: float = 25e-6  # fixed cost of one all-to-all call that crosses hosts
     peak_tflops: float | None = None  # dense-part peak; None: compute time is not predicted
+    # One cross-host link per host, shared by its ranks (hosts with one Ethernet NIC, the emulator),
+    # in GB/s of line rate; None: every GPU has its own NIC of nic_gbps (the presets).
+    host_link_gbps: float | None = None
+    wire_efficiency: float = 1.0  # payload share of the cross-host line rate (TCP/IP: 1448 / 1514)
 
     def __post_init__(self) -> None:
         for key in ("intra_gbps", "nic_gbps"):
@@ -40,6 +44,10 @@ class Cluster:
         for key in ("latency_intra_s", "latency_cross_s"):
             if getattr(self, key) < 0:
                 raise UserError(f"cluster {key} must be >= 0, got {getattr(self, key)}")
+        if self.host_link_gbps is not None and self.host_link_gbps <= 0:
+            raise UserError(f"cluster host_link_gbps must be > 0 or unset, got {self.host_link_gbps}")
+        if not 0 < self.wire_efficiency <= 1:
+            raise UserError(f"cluster wire_efficiency must be in (0, 1], got {self.wire_efficiency}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise UserError(f"cluster peak_tflops must be > 0 or unset, got {self.peak_tflops}")
 
@@ -49,6 +57,24 @@ PRESETS: dict[str, Cluster] = {
     "a100": Cluster("a100", intra_gbps=235.0, nic_gbps=25.0, peak_tflops=312.0),
     "h100": Cluster("h100", intra_gbps=370.0, nic_gbps=48.0, peak_tflops=989.0),
 }
+
+
+TCP_PAYLOAD_SHARE = 1448 / 1514  # a full 1500-byte-MTU frame: Ethernet 14 + IPv4 20 + TCP 32 (timestamps)
+
+
+def emulated(mbit: float, loopback_gbps: float, latency_intra_s: float, latency_cross_s: float) -> Cluster:
+    """`dmt emulate`'s cluster: each host's ranks share one tbf-shaped link of `mbit`, TCP over
+    Ethernet frames; inside a host, loopback. Bandwidth and latencies come from a calibration run
+    (benchmarks/emulated/calibrate.py), not from a training run."""
+    return Cluster(
+        "emulated",
+        intra_gbps=loopback_gbps,
+        nic_gbps=mbit / 8e3,
+        latency_intra_s=latency_intra_s,
+        latency_cross_s=latency_cross_s,
+        host_link_gbps=mbit / 8e3,
+        wire_efficiency=TCP_PAYLOAD_SHARE,
+    )
 
 
 def cluster(preset: str, **overrides: float | str | None) -> Cluster:

@@ -11,6 +11,8 @@ One all-to-all call, one rank, one tier (intra-host over NVLink, cross-host over
                eta(s) = s / (s + mu * bw), i.e. half the bandwidth at s_half = mu * bw bytes
     bw_intra   cluster.intra_gbps
     bw_cross   cluster.nic_gbps * g(H),  g(H) = g_inf + (1 - g_inf) / (H - 1)  (1 at H <= 2)
+               (times the wire's payload share; with a shared host link, host_link_gbps, and the
+               bytes of all the host's ranks in the call: the emulator's hosts have one link each)
 
 Why g falls only mildly: the "2x NIC at 2 nodes toward 1x at many nodes" of DESIGN 2 is nccl-tests
 bus bandwidth, which counts every byte; at H hosts of L GPUs only (W - L) / (W - 1) of them cross
@@ -35,6 +37,7 @@ load imbalance other than through the per-rank maxima above.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from dmt.cost.presets import Cluster
@@ -72,17 +75,24 @@ def call_times(p: PhaseTraffic, cluster: Cluster, model: TimingModel, hosts: int
     intra = tier_time(
         p.intra_bytes, p.intra_messages, cluster.latency_intra_s, model.per_message_intra_s, cluster.intra_gbps * GB
     )
-    cross_bw = cluster.nic_gbps * GB * fabric_efficiency(model, hosts)
+    cross_bw = cross_bandwidth(cluster, model, hosts)
     cross = tier_time(p.cross_bytes, p.cross_messages, cluster.latency_cross_s, model.per_message_cross_s, cross_bw)
     return intra, cross
 
 
+def cross_bandwidth(cluster: Cluster, model: TimingModel, hosts: int) -> float:
+    """Payload bytes/s of one cross-host link: a GPU's NIC, or (host_link_gbps) the host's link."""
+    line = cluster.host_link_gbps if cluster.host_link_gbps is not None else cluster.nic_gbps
+    return line * GB * cluster.wire_efficiency * fabric_efficiency(model, hosts)
+
+
 def allreduce_time(a: AllReduce, cluster: Cluster) -> float:
-    """Ring all-reduce: lat + 2 (n - 1) / n * bytes / bw."""
+    """Ring all-reduce: lat + 2 (n - 1) / n * bytes / bw. A ring in rank order crosses each host
+    boundary on one edge per direction, so a shared host link carries one edge's bytes."""
     if a.size <= 1 or a.bytes <= 0:
         return 0.0
     cross = a.hosts > 1
-    bw = (cluster.nic_gbps if cross else cluster.intra_gbps) * GB
+    bw = cross_bandwidth(cluster, TimingModel(), 2) if cross else cluster.intra_gbps * GB
     lat = cluster.latency_cross_s if cross else cluster.latency_intra_s
     return lat + 2.0 * (a.size - 1) / a.size * a.bytes / bw
 
@@ -118,6 +128,16 @@ def rank_flops(traffic: ModeTraffic) -> list[float]:
     for r in range(layout.world):
         mine = plan.towers_on(layout.host_of(r))
         out.append(b * shape.head_flops + layout.hosts * b * sum(shape.tower_flops[t] for t in mine))
+    return out
+
+
+def _host_cross_bytes(traffic: ModeTraffic) -> dict[tuple[int, str], float]:
+    """(host, phase) -> cross-host bytes all of the host's ranks send in that call."""
+    out: dict[tuple[int, str], float] = {}
+    for rank in traffic.ranks:
+        h = traffic.plan.layout.host_of(rank.rank)
+        for p in rank.phases:
+            out[(h, p.phase)] = out.get((h, p.phase), 0.0) + p.cross_bytes
     return out
 
 
@@ -159,8 +179,11 @@ def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | Non
     intra: dict[str, float] = {}
     cross: dict[str, float] = {}
     backward: dict[str, bool] = {}
+    host_tx = _host_cross_bytes(traffic) if cluster.host_link_gbps is not None else None
     for rank in traffic.ranks:
         for p in rank.phases:
+            if host_tx is not None:  # the host's ranks send through one link at once
+                p = dataclasses.replace(p, cross_bytes=host_tx[(traffic.plan.layout.host_of(rank.rank), p.phase)])
             ti, tc = call_times(p, cluster, model, hosts)
             calls[p.phase] = max(calls.get(p.phase, 0.0), ti, tc)
             intra[p.phase] = max(intra.get(p.phase, 0.0), ti)

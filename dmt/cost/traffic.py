@@ -8,9 +8,10 @@ numbers from the placement (`plan_flat` / `plan_sptt`) without running anything.
 One exchange over a group (dmt/distributed/ids.py), B_s = samples each member sends:
 
     <group>.counts               16 B (int64 [2]) to every other member, always a message
-    <group>.<p>.lengths          4 * B_s * n_j              n_j: features member j serves
-    <group>.<p>.ids              id_bytes * B_s * p_j       p_j: sum of their pooling factors
-    <group>.<p>.weights          4 * B_s * p_j              only when the batch carries weights
+    <group>.<p>                  4 * B_s * n_j              lengths; n_j: features member j serves
+                                 + id_bytes * B_s * p_j     ids; p_j: sum of their pooling factors
+                                 + 4 * B_s * p_j            weights, only when the batch carries them
+                                 (one message: the three travel back to back)
     <group>.<q>                  4 * B_s * w_me             pooled rows back to every source
     <group>.<q>.grad             4 * B_s * w_j              their gradient, to every server j
 
@@ -231,13 +232,11 @@ def _exchange(
     if len(g.members) == 1:
         return [[]]
     b = float(samples)
+    per_id = id_bytes + (FLOAT_BYTES if weighted else 0)
     parts = [
         _to_receiver(g, f"{g.name}.counts", False, np.full(len(g.members), float(COUNT_BYTES))),
-        _to_receiver(g, f"{g.name}.{ids_phase}.lengths", False, LENGTH_BYTES * b * n_served),
-        _to_receiver(g, f"{g.name}.{ids_phase}.ids", False, id_bytes * b * pooling),
+        _to_receiver(g, f"{g.name}.{ids_phase}", False, LENGTH_BYTES * b * n_served + per_id * b * pooling),
     ]
-    if weighted:
-        parts.append(_to_receiver(g, f"{g.name}.{ids_phase}.weights", False, FLOAT_BYTES * b * pooling))
     parts.append(_from_sender(g, f"{g.name}.{rows_phase}", False, FLOAT_BYTES * b * width))
     parts.append(_to_receiver(g, f"{g.name}.{rows_phase}.grad", True, FLOAT_BYTES * b * width))
     return [list(p) for p in zip(*parts, strict=True)]
@@ -295,9 +294,8 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     for local in range(per_host):
         g = _group("peer", layout.peer_ranks(local), layout)
         ids_and_rows = _exchange(g, "peer_ids", "peer_pooled", b, host_n, host_p, host_w, id_bytes, w.weighted)
-        split = 4 if w.weighted else 3  # counts, lengths, ids[, weights] | rows, grad
         for m, ph in zip(g.members, ids_and_rows, strict=True):
-            peer_ids[m], peer_rows[m] = ph[:split], ph[split:]
+            peer_ids[m], peer_rows[m] = ph[:2], ph[2:]  # counts, ids | rows, grad
     for h in range(hosts):
         members = layout.host_ranks(h)
         g = _group("intra", members, layout)
@@ -323,7 +321,9 @@ def make_plan(mode: str, workload: Workload, layout: Layout) -> ShardingPlan:
     features = list(workload.features)
     if mode == "flat":
         return plan_flat(features, workload.dim, layout)
-    return plan_sptt(features, [list(t) for t in workload.shape.towers], workload.dim, layout)
+    return plan_sptt(
+        features, [list(t) for t in workload.shape.towers], workload.dim, layout, list(workload.shape.tower_widths)
+    )
 
 
 def traffic(mode: str, workload: Workload, layout: Layout, plan: ShardingPlan | None = None) -> ModeTraffic:

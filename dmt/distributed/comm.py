@@ -1,12 +1,14 @@
-"""Counted all-to-alls over one process group.
+"""Counted and timed all-to-alls over one process group.
 
 `Exchange` wraps a group and records, for every all-to-all it runs, the bytes this rank sends to
-each other member, split into intra-host and cross-host by the members' hosts, and the number of
-non-empty messages. Counts include the backward pass of differentiable exchanges.
+each other member, split into intra-host and cross-host by the members' hosts, the number of
+non-empty messages, and the wall time this rank spent inside the collective. Counts and times
+include the backward pass of differentiable exchanges.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -24,6 +26,26 @@ class CommCounter:
     by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes (all tiers)
     # payload of dense gradients all-reduced (not split by tier: the backend picks the algorithm)
     allreduce_bytes: int = 0
+    allreduce_cross_host_bytes: int = 0  # the part all-reduced over groups that span hosts
+    # wall seconds inside collectives, by phase (all-to-alls) and for the gradient all-reduces;
+    # they include waiting for the slowest member to arrive
+    seconds_by_phase: dict[str, float] = field(default_factory=dict)
+    allreduce_s: float = 0.0
+    # (start, end) of every collective on the host clock: an all-reduce may overlap all-to-alls
+    intervals: list[tuple[float, float]] = field(default_factory=list)
+
+    def add_time(self, phase: str, start: float, end: float) -> None:
+        self.seconds_by_phase[phase] = self.seconds_by_phase.get(phase, 0.0) + end - start
+        self.intervals.append((start, end))
+
+    def busy_s(self) -> float:
+        """Seconds with at least one collective in flight (the union of the intervals)."""
+        total, reach = 0.0, float("-inf")
+        for start, end in sorted(self.intervals):
+            if end > reach:
+                total += end - max(start, reach)
+                reach = end
+        return total
 
     def add(self, phase: str, nbytes: int, cross_host: bool) -> None:
         if nbytes <= 0:
@@ -42,11 +64,16 @@ class CommCounter:
             "messages": self.messages,
             "by_phase": dict(self.by_phase),
             "allreduce_bytes": self.allreduce_bytes,
+            "allreduce_cross_host_bytes": self.allreduce_cross_host_bytes,
+            "seconds_by_phase": dict(self.seconds_by_phase),
+            "allreduce_s": self.allreduce_s,
+            "busy_s": self.busy_s(),
         }
 
     def reset(self) -> None:
-        self.intra_host_bytes = self.cross_host_bytes = self.messages = self.allreduce_bytes = 0
-        self.by_phase = {}
+        self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
+        self.allreduce_bytes = self.allreduce_cross_host_bytes = 0
+        self.by_phase, self.seconds_by_phase, self.allreduce_s, self.intervals = {}, {}, 0.0, []
 
 
 class Exchange:
@@ -76,7 +103,12 @@ class Exchange:
         if self.size == 1:
             return x
         out = x.new_empty((sum(recv), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=self.group)
+        x = x.contiguous()
+        _sync(x)
+        start = time.perf_counter()
+        dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
+        _sync(out)
+        self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter())
         row = x[0].numel() if x.dim() > 1 else 1
         self._count(phase, [n * row for n in send], x.element_size())
         return out
@@ -93,6 +125,12 @@ class Exchange:
             # a rank with nothing to send (no tables, no towers) must still join the backward exchange
             x = x.detach().requires_grad_()
         return _AllToAll.apply(x, send, recv, self, phase)
+
+
+def _sync(x: Tensor) -> None:
+    """On CUDA a collective returns once queued: wait for the device so that the time is the transfer's."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 class _AllToAll(torch.autograd.Function):

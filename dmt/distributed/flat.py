@@ -35,4 +35,4 @@ def flat_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     with timer("tower_module"):
         outputs = [tm(model.tower_input(per_feature, t)) for t, tm in enumerate(model.tower_modules)]  # (4)
     with timer("dense_forward"):
-        return model.head(dense, outputs)
+        return dm.head(dense, outputs)

@@ -20,44 +20,66 @@ def send_ids(
     ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str, id_dtype: torch.dtype = torch.int64
 ) -> tuple[KeyedJagged, list[int]]:
     """serves[j]: the features member j serves. -> (ids for serves[me] from every member, stacked by
-    source member; samples per source [size]). Lengths travel as int32, ids as `id_dtype` (int32
-    when every table has fewer than 2^31 rows)."""
+    source member; samples per source [size]).
+
+    Two collectives: the per-member counts (lengths, ids), then one message per member holding its
+    lengths (int32), ids (`id_dtype`: int32 when every table has fewer than 2^31 rows) and, for
+    weighted features, weights (float32), back to back as bytes."""
     parts = kj.per_key()
     mine = serves[ex.index]
-    lengths, values, weights, counts = [], [], [], []
+    weighted = kj.weights is not None
+    payloads, counts = [], []
     for feats in serves:
         sub = [parts[f] for f in feats]
-        lengths.append(torch.cat([p[1] for p in sub]) if sub else kj.lengths[:0])
-        values.append(torch.cat([p[0] for p in sub]) if sub else kj.values[:0])
-        if kj.weights is not None:
-            weights.append(torch.cat([p[2] for p in sub]) if sub else kj.weights[:0])
-        counts.append([lengths[-1].numel(), values[-1].numel()])
+        lengths = torch.cat([p[1] for p in sub]) if sub else kj.lengths[:0]
+        values = torch.cat([p[0] for p in sub]) if sub else kj.values[:0]
+        pieces = [lengths.to(torch.int32), values.to(id_dtype)]
+        if weighted:
+            pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
+        payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
+        counts.append([lengths.numel(), values.numel()])
     recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
-    send_l, send_v = [c[0] for c in counts], [c[1] for c in counts]
-    recv_l, recv_v = [c[0] for c in recv], [c[1] for c in recv]
-    got_l = ex.all_to_all(torch.cat(lengths).to(torch.int32), send_l, recv_l, f"{phase}.lengths").long()
-    got_v = ex.all_to_all(torch.cat(values).to(id_dtype), send_v, recv_v, f"{phase}.ids").long()
-    got_w = ex.all_to_all(torch.cat(weights), send_v, recv_v, f"{phase}.weights") if weights else None
+    id_size = torch.empty(0, dtype=id_dtype).element_size()
+    per_value = id_size + (4 if weighted else 0)
+    got = ex.all_to_all(
+        torch.cat(payloads), [p.numel() for p in payloads], [4 * nl + per_value * nv for nl, nv in recv], phase
+    )
 
     n = len(mine)
-    sizes = [c // n if n else 0 for c in recv_l]
+    sizes = [nl // n if n else 0 for nl, _ in recv]
     by_source = []
-    if n:
-        for ln, v, w in zip(got_l.split(recv_l), got_v.split(recv_v), _split(got_w, recv_v), strict=True):
-            by_source.append(KeyedJagged(mine, v, ln, w).per_key())
+    offset = 0
+    for nl, nv in recv:
+        lengths = _from_bytes(got, offset, nl, torch.int32).long()
+        offset += 4 * nl
+        values = _from_bytes(got, offset, nv, id_dtype).long()
+        offset += id_size * nv
+        weights = None
+        if weighted:
+            weights = _from_bytes(got, offset, nv, torch.float32)
+            offset += 4 * nv
+        if n:
+            by_source.append(KeyedJagged(mine, values, lengths, weights).per_key())
     parts_out = [
         (
             torch.cat([s[f][0] for s in by_source]),
             torch.cat([s[f][1] for s in by_source]),
-            torch.cat([s[f][2] for s in by_source]) if got_w is not None else None,
+            torch.cat([s[f][2] for s in by_source]) if weighted else None,
         )
         for f in mine
     ]
     return KeyedJagged.concat_keys(parts_out, mine, sum(sizes)), sizes
 
 
-def _split(t: Tensor | None, sizes: list[int]) -> list[Tensor | None]:
-    return list(t.split(sizes)) if t is not None else [None] * len(sizes)
+def _as_bytes(t: Tensor) -> Tensor:
+    """A 1-D tensor's bytes, uint8 [numel * element_size]."""
+    return t.contiguous().view(torch.uint8)
+
+
+def _from_bytes(buf: Tensor, offset: int, count: int, dtype: torch.dtype) -> Tensor:
+    """`count` values of `dtype` stored in buf[offset:] (copied: the offset need not be aligned)."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    return buf[offset : offset + count * size].clone().view(dtype)
 
 
 def return_rows(

@@ -1,8 +1,18 @@
 """Where things live: tables on ranks (flat) or towers on hosts and tables inside them (SPTT).
 
 Placement is deterministic longest-processing-time (LPT): items by decreasing cost, each to the
-least loaded bin, ties to the lowest index. A table's cost is its lookup work per sample
-(ids per sample summed over the features that read it) times its width.
+least loaded bin, ties to the lowest index. The cost is what an item puts on the wire per sample,
+since the exchanges, not the lookups, set the step time:
+
+    table (flat ranks, SPTT ranks inside a host)   sum over its features of
+                                                   4 (length) + 4 * pooling factor (ids) + 8 * d
+                                                   (the pooled row out and its gradient back)
+    tower (SPTT hosts)                             sum over its features of 4 + 4 * pooling factor,
+                                                   plus 8 * its Tower Module's output width
+
+Balancing towers by output width keeps both directions of every host pair equally loaded in the
+SPTT peer exchange (step 6): a host whose towers are wider would send more than it receives, and
+the exchange would last as long as the heavier direction.
 """
 
 from __future__ import annotations
@@ -51,10 +61,16 @@ class ShardingPlan:
         return [t for t, h in enumerate(self.tower_host) if h == host]
 
 
+def id_bytes(f: FeatureSpec) -> float:
+    """Bytes per sample feature `f` sends as ids: one int32 length and its ids (int32)."""
+    return 4.0 + 4.0 * f.pooling_factor
+
+
 def table_costs(features: list[FeatureSpec], dim: int) -> dict[str, float]:
+    """table -> bytes per sample its features send: ids, the pooled row and its gradient."""
     costs: dict[str, float] = {}
     for f in features:
-        costs[f.table] = costs.get(f.table, 0.0) + f.pooling_factor * dim
+        costs[f.table] = costs.get(f.table, 0.0) + id_bytes(f) + 8.0 * dim
     return costs
 
 
@@ -72,7 +88,14 @@ def plan_flat(features: list[FeatureSpec], dim: int, layout: Layout) -> Sharding
     )
 
 
-def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, layout: Layout) -> ShardingPlan:
+def plan_sptt(
+    features: list[FeatureSpec],
+    towers: list[list[str]],
+    dim: int,
+    layout: Layout,
+    tower_widths: list[int] | None = None,
+) -> ShardingPlan:
+    """tower_widths: each Tower Module's output floats per sample (default: identity, n_t * d)."""
     by_name = {f.name: f for f in features}
     table_tower: dict[str, int] = {}
     for t, tower in enumerate(towers):
@@ -85,7 +108,8 @@ def plan_sptt(features: list[FeatureSpec], towers: list[list[str]], dim: int, la
                     "SPTT keeps a table inside one tower: put those features in the same tower"
                 )
     costs = table_costs(features, dim)
-    tower_cost = [sum(costs[tb] for tb, tw in table_tower.items() if tw == t) for t in range(len(towers))]
+    widths = tower_widths if tower_widths is not None else [len(tower) * dim for tower in towers]
+    tower_cost = [sum(id_bytes(by_name[f]) for f in tower) + 8.0 * w for tower, w in zip(towers, widths, strict=True)]
     tower_host = lpt(tower_cost, layout.hosts)
     owner: dict[str, int] = {}
     for h in range(layout.hosts):

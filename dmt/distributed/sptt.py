@@ -68,4 +68,4 @@ def sptt_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
             outputs[t] = out
     with timer("dense_forward"):
         # (7) global interaction and top MLP
-        return model.head(dense, outputs)
+        return dm.head(dense, outputs)

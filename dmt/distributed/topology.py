@@ -1,8 +1,10 @@
-"""Hosts, ranks and the three process groups DMT talks over.
+"""Hosts, ranks and the process groups DMT talks over.
 
     rank r = (host h, local index l):  h = r // L,  l = r % L,  W = H * L
 
-    global group   all W ranks          flat all-to-alls, dense gradient all-reduce
+    global group   all W ranks          flat all-to-alls
+    dense group    all W ranks          the head's gradient all-reduce (its own group, so that
+                                        it runs beside the embedding exchanges it overlaps)
     intra-host     the L ranks of h     SPTT steps 2 and 4, Tower Module gradients
     cross-host     the H ranks with l   SPTT steps 1 and 6 (a "rail": same local index)
 
@@ -67,6 +69,7 @@ class Topology:
     layout: Layout
     rank: int
     world_group: dist.ProcessGroup | None = None
+    dense_group: dist.ProcessGroup | None = None
     intra_group: dist.ProcessGroup | None = None
     peer_group: dist.ProcessGroup | None = None
 
@@ -84,7 +87,7 @@ class Topology:
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != layout.world:
             raise UserError(f"topology {layout.hosts}x{layout.ranks_per_host} needs {layout.world} ranks, have {world}")
-        topo = Topology(layout, rank, world_group=dist.group.WORLD)
+        topo = Topology(layout, rank, world_group=dist.group.WORLD, dense_group=dist.new_group(list(range(world))))
         for h in range(layout.hosts):
             g = dist.new_group(layout.host_ranks(h))
             if h == topo.host:

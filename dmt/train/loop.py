@@ -35,6 +35,7 @@ from dmt.train import checkpoint as ckpt
 from dmt.train.metrics import click_metrics
 from dmt.train.observe import RunLog
 from dmt.train.optim import dense_optimizer, embedding_optimizer
+from dmt.train.resources import link_counters, link_delta, peak_rss_bytes
 from dmt.train.timing import PhaseTimer
 
 
@@ -83,13 +84,15 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     """Source, model on torch seed train.seed (identical on every rank), its sharding, optimizers."""
     source = make_source(cfg.data)
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model, source.features, source.num_dense)
+    # a rank of a sharded run creates its own tables only, once the plan says which (DistributedModel)
+    model = build_model(cfg.model, source.features, source.num_dense, tables=None if topo is None else ())
     if topo is None:
         net, named = model, list(model.named_parameters())
         emb, dense = list(model.embeddings.parameters()), model.dense_parameters()
     else:
         if cfg.dist.mode == "sptt":
-            plan = plan_sptt(source.features, model.towers, model.dim, topo.layout)
+            widths = [tm.out_features for tm in model.tower_modules]
+            plan = plan_sptt(source.features, model.towers, model.dim, topo.layout, widths)
         else:
             plan = plan_flat(source.features, model.dim, topo.layout)
         net = DistributedModel(model, plan, topo)
@@ -116,11 +119,11 @@ def forward_backward(t: Trainee, batch: Batch) -> tuple[float, torch.Tensor]:
     loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
     for opt in t.optimizers:
         opt.zero_grad(set_to_none=True)
-    with timer("backward"):
-        (loss / t.world).backward()
     if t.dm is not None:
-        with timer("grad_sync"):
-            t.dm.sync_gradients()
+        t.dm.backward(loss / t.world)  # times its own phases: backward, grad_sync
+    else:
+        with timer("backward"):
+            loss.backward()
     return float(loss.detach()), logits.detach()
 
 
@@ -191,13 +194,37 @@ def resume_from(t: Trainee, out: Path) -> int:
     return ckpt.restore(state, t.model, set(held), t.named, t.optimizers)
 
 
-def _mean_over_ranks(t: Trainee, values: dict[str, float]) -> dict[str, float]:
+def _mean_over_ranks(t: Trainee, values: dict[str, float], op: str = "mean") -> dict[str, float]:
+    """Mean (or "min") of each value over all ranks; every rank must call it with the same keys."""
     if t.topo is None:
         return values
     keys = sorted(values)
     v = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=t.device)
-    dist.all_reduce(v)
-    return dict(zip(keys, (v / t.world).tolist(), strict=True))
+    dist.all_reduce(v, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    return dict(zip(keys, (v if op == "min" else v / t.world).tolist(), strict=True))
+
+
+def comm_time_ms(t: Trainee, comm: list[dict]) -> dict:
+    """Milliseconds per step inside collectives (warm-up step left out): all-to-alls by phase and
+    summed, the gradient all-reduces, and "busy", the time with any collective in flight (the
+    all-reduce overlaps the backward's exchanges, so busy < alltoall + allreduce).
+
+    "mean": the mean over ranks, which includes waiting for late members; "min": per entry the
+    rank that waited least (it arrived last), the closest a measurement gets to the transfer alone.
+    """
+    steps = comm[1:] or comm
+
+    def ms(values: list[float]) -> float:
+        return 1e3 * float(np.mean(values))
+
+    phases = sorted({p for c in steps for p in c["seconds_by_phase"]})
+    per_rank = {p: ms([c["seconds_by_phase"].get(p, 0.0) for c in steps]) for p in phases}
+    totals = {"allreduce": ms([c["allreduce_s"] for c in steps]), "busy": ms([c["busy_s"] for c in steps])}
+    out = {}
+    for op in ("mean", "min"):
+        by_phase = _mean_over_ranks(t, per_rank, op)
+        out[op] = {"alltoall": sum(by_phase.values()), **_mean_over_ranks(t, totals, op), "by_phase": by_phase}
+    return out
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology | None = None) -> dict:
@@ -212,6 +239,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     show = cfg.train.progress and t.rank == 0
     runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
     bar = tqdm(range(start, steps), desc=f"train {t.model.name} ({t.mode})", disable=not show, unit="step")
+    link_before = _link_counters(t)
     loop_start = time.perf_counter()
     for step in bar:
         t0 = time.perf_counter()
@@ -244,6 +272,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
             save(t, cfg, out, step + 1)
     train_s = time.perf_counter() - loop_start
+    link = link_delta(link_before, _link_counters(t))
+    peak_rss = peak_rss_bytes()  # set-up and training; evaluation comes after
     bar.close()
 
     save(t, cfg, out, steps)
@@ -261,13 +291,14 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     layout = t.topo.layout if t.topo else None
     malformed = getattr(t.source, "malformed", None)  # file sources count rows they skipped
     malformed_rows = _mean_over_ranks(t, {"n": sum(c.rows for c in malformed.values()) if malformed else 0})
+    time_ms = comm_time_ms(t, comm) if comm else None
     summary = {
         **quality,
         "optimal_auc": optimal.get("optimal_auc"),
         "optimal_logloss": optimal.get("optimal_logloss"),
         "examples_per_s": (steps - start) * bs * t.world / train_s if steps > start else 0.0,
         "step_ms": step_stats(step_s) if step_s else None,
-        "comm": {**per_step, "by_phase": by_phase},
+        "comm": {**per_step, "by_phase": by_phase, "time_ms": time_ms},
         "world": {"hosts": layout.hosts if layout else 1, "ranks_per_host": layout.ranks_per_host if layout else 1},
         "mode": t.mode,
         "model": t.model.name,
@@ -276,12 +307,53 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         "seed": cfg.train.seed,
         "malformed_rows": round(malformed_rows["n"] * t.world),
         "step_breakdown_ms": {k: 1e3 * v for k, v in _mean_phases(phases_s[1:] or phases_s).items()},
+        **_per_rank_resources(t, peak_rss, link, comm),
         "train_log": log,
     }
     if t.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     runlog.close(summary)
     return summary
+
+
+def _link_counters(t: Trainee) -> dict[str, int] | None:
+    """The host interface's counters, read by each host's first rank between two barriers (so that
+    every rank's traffic of the window lies inside it). None outside an emulated cluster."""
+    if t.topo is None or link_counters() is None:
+        return None
+    dist.barrier()
+    counters = link_counters() if t.topo.local == 0 else None
+    dist.barrier()
+    return counters
+
+
+def _per_rank_resources(t: Trainee, peak_rss: int, link: dict | None, comm: list[dict]) -> dict:
+    """peak_rss_bytes per rank and, on an emulated cluster, link_train: per host, what its link
+    carried during the training loop beside what the host's ranks counted sending across hosts."""
+    mine = (
+        peak_rss,
+        link,
+        sum(c["cross_host_bytes"] for c in comm),
+        sum(c["allreduce_cross_host_bytes"] for c in comm),
+    )
+    if t.topo is None:
+        return {"peak_rss_bytes": [peak_rss]}
+    everyone: list = [None] * t.world
+    dist.all_gather_object(everyone, mine)
+    out: dict = {"peak_rss_bytes": [e[0] for e in everyone]}
+    layout = t.topo.layout
+    if everyone[0][1] is not None:
+        out["link_train"] = [
+            {
+                "host": h,
+                **everyone[layout.rank(h, 0)][1],
+                "counted_cross_host_bytes": sum(everyone[r][2] for r in layout.host_ranks(h)),
+                # payload all-reduced over groups spanning hosts, per rank (a ring sends 2 (W-1) / W of it)
+                "allreduce_payload_bytes_per_rank": everyone[layout.rank(h, 0)][3],
+            }
+            for h in range(layout.hosts)
+        ]
+    return out
 
 
 def _mean_phases(phases: list[dict[str, float]]) -> dict[str, float]:
