@@ -7,7 +7,10 @@
 Each host is a network namespace with one address; its L ranks share it, so traffic between
 ranks of one host rides that namespace's loopback (fast) and traffic between hosts crosses the
 host's veth, shaped with a token bucket (tbf) in both directions. One `torchrun` per host starts
-the host's ranks (static rendezvous at host 0), exactly as on a real multi-host cluster.
+the host's ranks (static rendezvous at host 0), exactly as on a real multi-host cluster, pinned to
+the host's own share of the machine's cores (`host_cores`), so that hosts compute side by side.
+The ranks learn their link's name (DMT_LINK_IFACE) and record what it carried during the training
+loop (summary.json `link_train`); `link_bytes` adds the whole run's totals, read before tear-down.
 
 Everything is removed on exit, also after Ctrl-C, a failed rank, or an exception; namespaces left
 by an emulator that was killed outright are removed by the next one. Needs root.
