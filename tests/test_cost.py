@@ -250,3 +250,22 @@ def test_unknown_preset_is_rejected_by_argparse(tmp_path):
     with pytest.raises(SystemExit) as e:
         main(["estimate", "--preset", "tpu", "--hosts", "1", "--ranks-per-host", "2", "--config", DLRM, "--out", "x"])
     assert e.value.code == 2
+
+
+def test_a_shared_host_link_carries_the_bytes_of_all_its_ranks():
+    """The emulator's hosts have one link: a call's cross-host time is the host's bytes over it."""
+    from dmt.cost.presets import TCP_PAYLOAD_SHARE, emulated
+
+    c = _config("flat")
+    features, num_dense = feature_specs(c.data)
+    workload = Workload(tuple(features), model_shape(c.model, features, num_dense), c.model.embedding_dim, 32)
+    tr = traffic("flat", workload, Layout(2, 2))
+    cluster = emulated(100.0, loopback_gbps=1e3, latency_intra_s=0.0, latency_cross_s=0.0)
+    timing = mode_timing(tr, cluster, TimingModel(per_message_intra_s=0.0, per_message_cross_s=0.0))
+    payload_rate = 100e6 / 8 * TCP_PAYLOAD_SHARE
+    for phase, seconds in timing.calls.items():
+        per_host = [
+            sum(p.cross_bytes for r in tr.ranks[2 * h : 2 * h + 2] for p in r.phases if p.phase == phase)
+            for h in range(2)
+        ]
+        assert seconds == pytest.approx(max(per_host) / payload_rate, rel=1e-9), phase

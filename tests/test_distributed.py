@@ -166,3 +166,14 @@ def test_verify_command_writes_ok(tmp_path):
     assert code == 0 and result["ok"] is True
     assert result["world"] == {"hosts": 2, "ranks_per_host": 1} and result["mode"] == "sptt"
     assert set(result["max_abs_diff"]) == {"outputs", "gradients", "parameters"}
+
+
+def test_busy_time_is_the_union_of_overlapping_collectives():
+    from dmt.distributed.comm import CommCounter
+
+    c = CommCounter()
+    c.add_time("a", 0.0, 2.0)
+    c.intervals.append((1.0, 3.0))  # an all-reduce running beside "a"
+    c.add_time("b", 5.0, 6.0)
+    assert c.busy_s() == pytest.approx(4.0)
+    assert c.seconds_by_phase == {"a": 2.0, "b": 1.0}

@@ -58,6 +58,13 @@ def test_emulated_run_reports_link_bytes_and_cleans_up(tmp_path):
     # every cross-host byte our code counted went over the shaped links (plus set-up, eval, headers)
     counted = summary["comm"]["cross_host_bytes"] * summary["steps"]
     assert all(link["tx_bytes"] > counted and link["rx_bytes"] > counted for link in links)
+    # during the training loop alone, the wire's TCP payload is what we counted: the all-to-alls plus
+    # the ring all-reduce's 2 (W - 1) / W of the dense gradients (W = 2: all of it), headers removed
+    for link in summary["link_train"]:
+        payload = link["tx_bytes"] - 66 * link["tx_packets"]
+        ours = link["counted_cross_host_bytes"] + link["allreduce_payload_bytes_per_rank"]
+        assert abs(payload / ours - 1) < 0.05, link
+    assert len(summary["peak_rss_bytes"]) == 2 and min(summary["peak_rss_bytes"]) > 0
     assert _namespaces() == before
 
 

@@ -107,3 +107,23 @@ def test_sequential_towers_cut_feature_order():
     feats = tiny_features()
     model = build_model(ModelConfig(num_towers=4, embedding_dim=4, bottom_mlp=[4]), feats, 3)
     assert model.towers == [["f0", "f1"], ["f2", "f3"], ["f4"], ["f5"]]
+
+
+def test_a_rank_builds_only_its_tables_with_the_one_device_values():
+    """Each table is seeded on its own: holding a subset gives the same weights, never the rest."""
+    from dmt.data.base import FeatureSpec
+    from dmt.modules.embedding import EmbeddingBagCollection
+
+    feats = [FeatureSpec(f"f{i}", f"t{i}", 50 + 10 * i) for i in range(5)]
+    torch.manual_seed(7)
+    whole = EmbeddingBagCollection(feats, 4)
+    torch.manual_seed(7)
+    part = EmbeddingBagCollection(feats, 4, tables=())
+    assert len(part.tables) == 0
+    part.hold(["t3", "t1"])
+    assert list(part.tables) == ["t1", "t3"]  # declaration order, whatever order was asked
+    for t in ("t1", "t3"):
+        assert torch.equal(part.tables[t].weight, whole.tables[t].weight)
+    assert not torch.equal(whole.tables["t1"].weight[:10], whole.tables["t2"].weight[:10])
+    with pytest.raises(ValueError, match="unknown tables"):
+        part.hold(["t9"])
