@@ -183,7 +183,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
     from dmt.emulate import emulate
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    summary = emulate(args.hosts, args.ranks_per_host, args.cross_host_mbit, train_args)
+    summary = emulate(args.hosts, args.ranks_per_host, args.cross_host_mbit, train_args, queue_ms=args.queue_ms)
     for link in summary["link_bytes"]:
         print(f"host {link['host']} link: {link['tx_bytes']:,} B sent, {link['rx_bytes']:,} B received")
     return 0
@@ -272,6 +272,12 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, required=True)
     p.add_argument("--ranks-per-host", type=int, required=True)
     p.add_argument("--cross-host-mbit", type=float, required=True, help="shaped rate of each host's link, Mbit/s")
+    p.add_argument(
+        "--queue-ms",
+        type=float,
+        default=100.0,
+        help="longest wait in a link's queue before a packet drops (default 100: deep, lossless)",
+    )
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `dmt train`")
     p.set_defaults(func=cmd_emulate)
 

@@ -41,6 +41,7 @@ class EmulatedCluster:
     ranks_per_host: int
     cross_host_mbit: float
     tag: str  # unique per emulator process
+    queue_ms: float = 100.0  # how long a packet may wait in a link's queue before it is dropped
 
     @property
     def switch(self) -> str:
@@ -67,7 +68,7 @@ def _run(*cmd: str, ns: str | None = None, check: bool = True) -> subprocess.Com
     return r
 
 
-def check_can_emulate(hosts: int, ranks_per_host: int, mbit: float) -> None:
+def check_can_emulate(hosts: int, ranks_per_host: int, mbit: float, queue_ms: float = 100.0) -> None:
     if os.geteuid() != 0:
         raise UserError("dmt emulate needs root (it creates network namespaces and shapes links); run it as root")
     if shutil.which("ip") is None or shutil.which("tc") is None:
@@ -78,6 +79,8 @@ def check_can_emulate(hosts: int, ranks_per_host: int, mbit: float) -> None:
         raise UserError(f"--ranks-per-host must be >= 1, got {ranks_per_host}")
     if not 0 < mbit <= MAX_MBIT:
         raise UserError(f"--cross-host-mbit must be in (0, {MAX_MBIT}], got {mbit}")
+    if not 1 <= queue_ms <= 1000:
+        raise UserError(f"--queue-ms must be in [1, 1000], got {queue_ms}")
 
 
 def remove_stale() -> list[str]:
@@ -98,7 +101,7 @@ def create(c: EmulatedCluster) -> None:
     _run("ip", "netns", "add", c.switch)
     _run("ip", "link", "add", "br0", "type", "bridge", ns=c.switch)
     _run("ip", "link", "set", "br0", "up", ns=c.switch)
-    rate, burst = f"{c.cross_host_mbit}mbit", str(c.burst_bytes)
+    rate, burst, queue = f"{c.cross_host_mbit}mbit", str(c.burst_bytes), f"{c.queue_ms}ms"
     for h in range(c.hosts):
         ns = c.host_ns(h)
         _run("ip", "netns", "add", ns)
@@ -109,12 +112,16 @@ def create(c: EmulatedCluster) -> None:
         _run("ip", "link", "set", "e0", "up", ns=ns)
         _run("ip", "link", "set", "lo", "up", ns=ns)
         for dev, where in (("e0", ns), (f"p{h}", c.switch)):  # shape both directions
-            shape(dev, rate, burst, where)
+            shape(dev, rate, burst, queue, where)
 
 
-def shape(dev: str, rate: str, burst: str, ns: str) -> None:
-    """A token bucket at `rate` on the egress of `dev` (queueing at most 100 ms)."""
-    _run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", burst, "latency", "100ms", ns=ns)
+def shape(dev: str, rate: str, burst: str, queue: str, ns: str) -> None:
+    """A token bucket at `rate` on the egress of `dev`; a packet waits at most `queue`, then drops.
+
+    A deep queue (the default 100 ms) loses nothing and only delays, like a lossless fabric
+    that pauses senders; a shallow one drops bursts, like an Ethernet switch with little buffer,
+    and TCP then waits out retransmission timeouts."""
+    _run("tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", burst, "latency", queue, ns=ns)
 
 
 def link_bytes(c: EmulatedCluster) -> list[dict]:
@@ -161,15 +168,16 @@ def emulate(
     train_args: list[str],
     port: int = 29511,
     entry: tuple[str, ...] = ("dmt", "train"),
+    queue_ms: float = 100.0,
 ) -> dict:
     """Run `python -m <entry> <train_args>` (default `dmt train`) on the emulated cluster; the entry
     must write --out DIR/summary.json on rank 0. -> the run's summary with link_bytes."""
-    check_can_emulate(hosts, ranks_per_host, mbit)
+    check_can_emulate(hosts, ranks_per_host, mbit, queue_ms)
     if any(a in train_args for a in ("--nproc", "--ranks-per-host")):
         raise UserError("give the cluster to dmt emulate (--hosts, --ranks-per-host), not to the training arguments")
     out = _out_dir(train_args)
     remove_stale()
-    c = EmulatedCluster(hosts, ranks_per_host, mbit, str(os.getpid()))
+    c = EmulatedCluster(hosts, ranks_per_host, mbit, str(os.getpid()), queue_ms)
     procs: list[subprocess.Popen] = []
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -231,6 +239,7 @@ def emulate(
         "ranks_per_host": ranks_per_host,
         "cross_host_mbit": mbit,
         "burst_bytes": c.burst_bytes,
+        "queue_ms": queue_ms,
     }
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary

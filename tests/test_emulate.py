@@ -27,6 +27,8 @@ def test_clear_errors_before_touching_the_network(monkeypatch):
         emu.check_can_emulate(1, 2, 100)
     with pytest.raises(UserError, match=r"cross-host-mbit must be in \(0, 400\]"):
         emu.check_can_emulate(2, 1, 1000)
+    with pytest.raises(UserError, match="--queue-ms"):
+        emu.check_can_emulate(2, 1, 100, queue_ms=0)
     with pytest.raises(UserError, match="--out DIR"):
         emu._out_dir(["--config", "c.toml"])
 

@@ -49,9 +49,11 @@ RUNS = [  # name, cost-model mode, compression ratio, overrides
 ]
 
 
-def calibrate(hosts: int, per_host: int, mbit: float) -> dict:
+def calibrate(hosts: int, per_host: int, mbit: float, queue_ms: float) -> dict:
     out = Path("runs/bench_emulated") / f"{hosts}x{per_host}" / "calibration"
-    return emulate(hosts, per_host, mbit, ["--out", str(out)], entry=("benchmarks.emulated.calibrate",))
+    return emulate(
+        hosts, per_host, mbit, ["--out", str(out)], entry=("benchmarks.emulated.calibrate",), queue_ms=queue_ms
+    )
 
 
 def predict(config: str, overrides: list[str], mode: str, ratio: float | None, layout: Layout, cluster) -> dict:
@@ -92,12 +94,14 @@ def main() -> None:
     p.add_argument("--mbit", type=float, default=100.0)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--topologies", default="2x2,4x1")
+    p.add_argument("--queue-ms", type=float, default=100.0, help="link queue depth (dmt emulate --queue-ms)")
     args = p.parse_args()
+    stem = "results" if args.queue_ms == 100 else f"results_queue{args.queue_ms:g}ms"
     rows, calibrations = [], {}
     for topo in args.topologies.split(","):
         hosts, per_host = (int(x) for x in topo.split("x"))
         layout = Layout(hosts, per_host)
-        cal = calibrate(hosts, per_host, args.mbit)
+        cal = calibrate(hosts, per_host, args.mbit, args.queue_ms)
         calibrations[topo] = {k: v for k, v in cal.items() if k != "link_bytes"}
         cluster = emulated(args.mbit, cal["loopback_gbps"] or 1.0, cal["latency_intra_s"], cal["latency_cross_s"])
         runtime_rss = max(cal["runtime_rss_bytes"])
@@ -110,7 +114,8 @@ def main() -> None:
                 "data.synthetic.eval_samples=8192",
                 *overrides,
             ]
-            s = emulate(hosts, per_host, args.mbit, ["--config", args.config, "--set", *settings, "--out", str(out)])
+            train_args = ["--config", args.config, "--set", *settings, "--out", str(out)]
+            s = emulate(hosts, per_host, args.mbit, train_args, queue_ms=args.queue_ms)
             pred = predict(args.config, settings, mode, ratio, layout, cluster)
             measured = s["comm"]["time_ms"]["min"]
             rows.append(
@@ -139,20 +144,22 @@ def main() -> None:
     result = {
         **provenance(),
         "cross_host_mbit": args.mbit,
+        "queue_ms": args.queue_ms,
         "steps": args.steps,
         "config": args.config,
         "calibration": calibrations,
         "results": rows,
     }
-    (HERE / "results.json").write_text(json.dumps(result, indent=2))
-    (HERE / "results.md").write_text(report(result))
+    (HERE / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    (HERE / f"{stem}.md").write_text(report(result))
 
 
 def report(result: dict) -> str:
     rows = result["results"]
     mib = 2**20
     lines = [
-        f"# Emulated cluster, cross-host links shaped to {result['cross_host_mbit']:g} Mbit/s per host",
+        f"# Emulated cluster, cross-host links shaped to {result['cross_host_mbit']:g} Mbit/s per host, "
+        f"queues of {result['queue_ms']:g} ms",
         "",
         f"Command: `{result['command']}`  ",
         f"Commit: `{result['commit']}`, {result['date']}  ",
