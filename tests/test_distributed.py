@@ -172,8 +172,8 @@ def test_busy_time_is_the_union_of_overlapping_collectives():
     from dmt.distributed.comm import CommCounter
 
     c = CommCounter()
-    c.add_time("a", 0.0, 2.0)
-    c.intervals.append((1.0, 3.0))  # an all-reduce running beside "a"
-    c.add_time("b", 5.0, 6.0)
+    c.add_time("a", 0.0, 2.0, (0, 1))
+    c.intervals.append((1.0, 3.0, (0, 1)))  # an all-reduce running beside "a"
+    c.add_time("b", 5.0, 6.0, (0, 1))
     assert c.busy_s() == pytest.approx(4.0)
     assert c.seconds_by_phase == {"a": 2.0, "b": 1.0}

@@ -31,21 +31,17 @@ class CommCounter:
     # they include waiting for the slowest member to arrive
     seconds_by_phase: dict[str, float] = field(default_factory=dict)
     allreduce_s: float = 0.0
-    # (start, end) of every collective on the host clock: an all-reduce may overlap all-to-alls
-    intervals: list[tuple[float, float]] = field(default_factory=list)
+    # (start, end, group) of every collective on the host's monotonic clock, group: its members
+    # (an all-reduce may overlap all-to-alls; the members tell which calls of other ranks it pairs with)
+    intervals: list[tuple[float, float, tuple[int, ...]]] = field(default_factory=list)
 
-    def add_time(self, phase: str, start: float, end: float) -> None:
+    def add_time(self, phase: str, start: float, end: float, group: tuple[int, ...]) -> None:
         self.seconds_by_phase[phase] = self.seconds_by_phase.get(phase, 0.0) + end - start
-        self.intervals.append((start, end))
+        self.intervals.append((start, end, group))
 
     def busy_s(self) -> float:
         """Seconds with at least one collective in flight (the union of the intervals)."""
-        total, reach = 0.0, float("-inf")
-        for start, end in sorted(self.intervals):
-            if end > reach:
-                total += end - max(start, reach)
-                reach = end
-        return total
+        return union_s([(start, end) for start, end, _ in self.intervals])
 
     def add(self, phase: str, nbytes: int, cross_host: bool) -> None:
         if nbytes <= 0:
@@ -68,12 +64,23 @@ class CommCounter:
             "seconds_by_phase": dict(self.seconds_by_phase),
             "allreduce_s": self.allreduce_s,
             "busy_s": self.busy_s(),
+            "intervals": list(self.intervals),
         }
 
     def reset(self) -> None:
         self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
         self.allreduce_bytes = self.allreduce_cross_host_bytes = 0
         self.by_phase, self.seconds_by_phase, self.allreduce_s, self.intervals = {}, {}, 0.0, []
+
+
+def union_s(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of [start, end) intervals."""
+    total, reach = 0.0, float("-inf")
+    for start, end in sorted(intervals):
+        if end > reach:
+            total += end - max(start, reach)
+            reach = end
+    return total
 
 
 class Exchange:
@@ -108,7 +115,7 @@ class Exchange:
         start = time.perf_counter()
         dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
         _sync(out)
-        self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter())
+        self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter(), tuple(self.members))
         row = x[0].numel() if x.dim() > 1 else 1
         self._count(phase, [n * row for n in send], x.element_size())
         return out

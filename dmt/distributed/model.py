@@ -148,7 +148,7 @@ class DistributedModel(nn.Module):
             work.wait()
             end = done[0] if done else time.perf_counter()
             self.counter.allreduce_s += end - start
-            self.counter.intervals.append((start, end))
+            self.counter.intervals.append((start, end, tuple(dist.get_process_group_ranks(group))))
             offset = 0
             for g in grads:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))

@@ -11,6 +11,7 @@ global-batch gradients (see `dmt verify`).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from tqdm import tqdm
 from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
+from dmt.distributed.comm import union_s
 from dmt.distributed.model import DistributedModel
 from dmt.distributed.plan import plan_flat, plan_sptt
 from dmt.distributed.topology import Topology
@@ -206,8 +208,9 @@ def _mean_over_ranks(t: Trainee, values: dict[str, float], op: str = "mean") -> 
 
 def comm_time_ms(t: Trainee, comm: list[dict]) -> dict:
     """Milliseconds per step inside collectives (warm-up step left out): all-to-alls by phase and
-    summed, the gradient all-reduces, and "busy", the time with any collective in flight (the
-    all-reduce overlaps the backward's exchanges, so busy < alltoall + allreduce).
+    summed, the gradient all-reduces, "busy", the time with any collective in flight (the
+    all-reduce overlaps the backward's exchanges, so busy < alltoall + allreduce), and where the
+    ranks share a clock "after_last_arrival", busy counted only once every member has arrived.
 
     "mean": the mean over ranks, which includes waiting for late members; "min": per entry the
     rank that waited least (it arrived last), the closest a measurement gets to the transfer alone.
@@ -220,11 +223,35 @@ def comm_time_ms(t: Trainee, comm: list[dict]) -> dict:
     phases = sorted({p for c in steps for p in c["seconds_by_phase"]})
     per_rank = {p: ms([c["seconds_by_phase"].get(p, 0.0) for c in steps]) for p in phases}
     totals = {"allreduce": ms([c["allreduce_s"] for c in steps]), "busy": ms([c["busy_s"] for c in steps])}
+    net = _after_last_arrival_ms(t, steps)
+    if net is not None:
+        totals["after_last_arrival"] = net
     out = {}
     for op in ("mean", "min"):
         by_phase = _mean_over_ranks(t, per_rank, op)
         out[op] = {"alltoall": sum(by_phase.values()), **_mean_over_ranks(t, totals, op), "by_phase": by_phase}
     return out
+
+
+def _after_last_arrival_ms(t: Trainee, steps: list[dict]) -> float | None:
+    """ms per step with a collective in flight counted from the moment its last member entered it:
+    communication net of waiting for late ranks (compute imbalance). Needs one clock for all ranks,
+    so only when they share a machine (a local run, the emulator); else None."""
+    mine = (socket.gethostname(), [c["intervals"] for c in steps[-200:]])  # the last steps suffice
+    everyone: list = [None] * t.world
+    dist.all_gather_object(everyone, mine)
+    if len({host for host, _ in everyone}) > 1:
+        return None
+    per_step = []
+    for s, calls in enumerate(mine[1]):
+        seen: dict[tuple, int] = {}
+        spans = []
+        for start, end, group in calls:
+            k = seen[group] = seen.get(group, -1) + 1  # the k-th call of this group, on every member
+            entered = [[c for c in everyone[m][1][s] if c[2] == group][k][0] for m in group]
+            spans.append((max(start, *entered), end))
+        per_step.append(union_s([(a, b) for a, b in spans if b > a]))
+    return 1e3 * float(np.mean(per_step))
 
 
 def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology | None = None) -> dict:
