@@ -167,7 +167,8 @@ def write(result: dict) -> None:
         "CR 1 is the compress Tower Module without compression (DLRM: dot features + residual MLP, "
         "DCN: a cross layer and a square projection), not the identity.",
         "",
-        "| dataset | model | CR | test AUC (mean ± std) | Δ AUC | test log loss (mean ± std) | Δ log loss | wall s |",
+        "| dataset | model | CR | test AUC (mean ± std) | Δ AUC | test log loss (mean ± std) | Δ log loss "
+        "| wall s (whole `dmt train`) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
