@@ -180,5 +180,9 @@ def test_same_seed_and_topology_give_identical_metrics(tmp_path):
     for name in ("a", "b"):
         run_ranks(2, 1, _train_rank, cfg, str(tmp_path / name), False)
     a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("a", "b"))
-    for key in ("auc", "logloss", "ne", "comm"):
+    for key in ("auc", "logloss", "ne"):
         assert a[key] == b[key], key
+    timings = ("time_ms",)  # wall-clock times inside collectives differ run to run; the counts do not
+    assert {k: v for k, v in a["comm"].items() if k not in timings} == {
+        k: v for k, v in b["comm"].items() if k not in timings
+    }
