@@ -156,6 +156,9 @@ def write(result: dict) -> None:
         "",
         f"Command: `{result['command']}`  ",
         f"Commit: `{result['commit']}`{' (dirty tree)' if result['dirty'] else ''}, {result['date']}  ",
+        "Runs per dataset and commit: "
+        + ", ".join(f"{ds} at `{c}`" for ds, c in sorted({(r["dataset"], r.get("commit")) for r in result["runs"]}))
+        + "  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, OMP_NUM_THREADS=1, one run at a time  ",
         "Each run: `python -m dmt train --config configs/DATASET_CONFIG.toml --set train.progress=false "
         "train.tensorboard=false train.seed=SEED [model.tower_module=compress model.compression_ratio=CR] "
@@ -207,15 +210,24 @@ def main() -> None:
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help="default: all")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="train.seed values (default: 0 1 2)")
     ap.add_argument("--sptt-check", action="store_true", help="run the SPTT 2x2 check (alone unless --datasets)")
+    ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args()
     old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
+    if args.report:
+        write(old)
+        return
     runs = old.get("runs", [])
-    if args.datasets is not None or args.seeds is not None or not args.sptt_check:  # the grid
-        fresh = [train(job) for job in grid(args.datasets or DATASETS, args.seeds or SEEDS)]
+    for r in runs:  # runs of an older results.json without their own commit ran at its commit
+        r.setdefault("commit", old.get("commit"))
+    here = provenance()
+    grid_run = args.datasets is not None or args.seeds is not None or not args.sptt_check
+    if grid_run:
+        fresh = [
+            {**train(job), "commit": here["commit"]} for job in grid(args.datasets or DATASETS, args.seeds or SEEDS)
+        ]
         done = {(r["dataset"], r["config"], r["cr"], r["seed"]) for r in fresh}
         runs = [r for r in runs if (r["dataset"], r["config"], r["cr"], r["seed"]) not in done] + fresh
-    grid_run = args.datasets is not None or args.seeds is not None or not args.sptt_check
-    here = provenance()
+        here = provenance()
     result = here if grid_run or not old else {k: old[k] for k in here}  # the grid's provenance
     result = {**result, "seeds": sorted({r["seed"] for r in runs}), "rows": aggregate(runs), "runs": runs}
     result["sptt_check"] = {**sptt_check(runs), "provenance": here} if args.sptt_check else old.get("sptt_check")
