@@ -95,14 +95,23 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--topologies", default="2x2,4x1")
     p.add_argument("--queue-ms", type=float, default=100.0, help="link queue depth (dmt emulate --queue-ms)")
+    p.add_argument(
+        "--repredict", action="store_true", help="only redo the predictions of the stored results (cost model changed)"
+    )
     args = p.parse_args()
     stem = "results" if args.queue_ms == 100 else f"results_queue{args.queue_ms:g}ms"
+    if args.repredict:
+        result = json.loads((HERE / f"{stem}.json").read_text())
+        repredict(result)
+        (HERE / f"{stem}.json").write_text(json.dumps(result, indent=2))
+        (HERE / f"{stem}.md").write_text(report(result))
+        return
     rows, calibrations = [], {}
     for topo in args.topologies.split(","):
         hosts, per_host = (int(x) for x in topo.split("x"))
         layout = Layout(hosts, per_host)
         cal = calibrate(hosts, per_host, args.mbit, args.queue_ms)
-        calibrations[topo] = {k: v for k, v in cal.items() if k != "link_bytes"}
+        calibrations[topo] = {k: v for k, v in cal.items() if k != "link_bytes"}  # runtime RSS kept
         cluster = emulated(args.mbit, cal["loopback_gbps"] or 1.0, cal["latency_intra_s"], cal["latency_cross_s"])
         runtime_rss = max(cal["runtime_rss_bytes"])
         for name, mode, ratio, overrides in RUNS:
@@ -154,6 +163,28 @@ def main() -> None:
     (HERE / f"{stem}.md").write_text(report(result))
 
 
+def repredict(result: dict) -> None:
+    """Predict the stored measurements again from their calibrations (the predictions never see the
+    measurements, so this is the same as a fresh run with the current cost model)."""
+    settings_of = {name: (mode, ratio, overrides) for name, mode, ratio, overrides in RUNS}
+    for r in result["results"]:
+        hosts, per_host = (int(x) for x in r["topology"].split("x"))
+        cal = result["calibration"][r["topology"]]
+        cluster = emulated(
+            result["cross_host_mbit"], cal["loopback_gbps"] or 1.0, cal["latency_intra_s"], cal["latency_cross_s"]
+        )
+        mode, ratio, overrides = settings_of[r["run"]]
+        settings = [f"train.steps={result['steps']}", "data.synthetic.eval_samples=8192", *overrides]
+        pred = predict(result["config"], settings, mode, ratio, Layout(hosts, per_host), cluster)
+        measured = r["comm_measured_ms"]
+        r["comm_predicted_ms"] = pred
+        r["comm_error"] = pred["comm_ms"] / measured.get("after_last_arrival", measured["busy"]) - 1
+        runtime = max(cal["runtime_rss_bytes"])
+        r["memory_predicted_bytes"] = runtime + pred["model_state_bytes"]
+        r["memory_error"] = r["memory_predicted_bytes"] / max(r["peak_rss_bytes"]) - 1
+    result["predicted_at"] = provenance()["commit"]
+
+
 def report(result: dict) -> str:
     rows = result["results"]
     mib = 2**20
@@ -166,6 +197,14 @@ def report(result: dict) -> str:
         f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (each emulated host pinned to "
         "its own share of them)  ",
         f"Config: `{result['config']}`, {result['steps']} steps per run, one run each",
+        *(
+            [
+                f"Predictions redone from the stored calibrations with the cost model at `{result['predicted_at']}` "
+                "(`--repredict`)"
+            ]
+            if "predicted_at" in result
+            else []
+        ),
         "",
         "## Speed",
         "",

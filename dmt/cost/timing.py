@@ -25,11 +25,14 @@ mu_intra = 0.5 us is ours (s_half = 185 KB on H100 NVLink).
 
 A step runs its calls one after another and every call waits for its slowest member:
 
-    alltoall_s  = sum over calls of max over ranks of t_call
+    alltoall_s  = sum over calls of max over ranks of t_call = forward_s + backward_s
     allreduce_s = max over ranks of sum of its ring all-reduces:
                   lat + 2 (n - 1) / n * bytes / bw,  bw = NIC if the group spans hosts else NVLink
+                  the head's ("dense") runs beside the backward's exchanges, the Tower Modules' after
     compute_s   = max over ranks of 3 * forward FLOPs / (peak_tflops * mfu)   (fwd + 2x for bwd)
-    comm_s      = alltoall_s + allreduce_s;  step_s = comm_s + compute_s (no overlap: conservative)
+    comm_s      = forward_s + max(backward_s, head all-reduce, both on the most loaded cross-host
+                  link together) + Tower Module all-reduces
+    step_s      = comm_s + compute_s (communication never hides compute: conservative)
 
 Not modelled: embedding lookup time (memory bound), overlap of communication with compute, and
 load imbalance other than through the per-rank maxima above.
@@ -141,6 +144,20 @@ def _host_cross_bytes(traffic: ModeTraffic) -> dict[tuple[int, str], float]:
     return out
 
 
+def _shared_link_s(traffic: ModeTraffic, cluster: Cluster, model: TimingModel) -> float:
+    """Seconds the backward's cross-host bytes and the head all-reduce's take on one link together
+    (they run side by side): per host link, or per GPU NIC, the most loaded one."""
+    layout = traffic.plan.layout
+    load: dict[int, float] = {}
+    for r in traffic.ranks:
+        key = layout.host_of(r.rank) if cluster.host_link_gbps is not None else r.rank
+        load[key] = load.get(key, 0.0) + sum(p.cross_bytes for p in r.phases if p.backward)
+        for a in r.allreduces:
+            if a.group == "dense" and a.hosts > 1 and (cluster.host_link_gbps is None or layout.local_of(r.rank) == 0):
+                load[key] += 2.0 * (a.size - 1) / a.size * a.bytes  # a ring: one edge per host (or NIC)
+    return max(load.values(), default=0.0) / cross_bandwidth(cluster, model, layout.hosts)
+
+
 @dataclass(frozen=True)
 class ModeTiming:
     """Predicted seconds per step of one mode (see the module docstring for the sums)."""
@@ -190,18 +207,29 @@ def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | Non
             cross[p.phase] = max(cross.get(p.phase, 0.0), tc)
             backward[p.phase] = p.backward
     alltoall = sum(calls.values())
+    forward = sum(t for p, t in calls.items() if not backward[p])
+    backward_s = alltoall - forward
     allreduce = max((sum(allreduce_time(a, cluster) for a in r.allreduces) for r in traffic.ranks), default=0.0)
+    beside = max(
+        (sum(allreduce_time(a, cluster) for a in r.allreduces if a.group == "dense") for r in traffic.ranks),
+        default=0.0,
+    )
+    after = max(
+        (sum(allreduce_time(a, cluster) for a in r.allreduces if a.group != "dense") for r in traffic.ranks),
+        default=0.0,
+    )
+    together = _shared_link_s(traffic, cluster, model)
     compute = None
     if cluster.peak_tflops is not None:
         compute = 3.0 * max(rank_flops(traffic)) / (cluster.peak_tflops * 1e12 * model.mfu)
-    comm = alltoall + allreduce
+    comm = forward + max(backward_s, beside, together) + after
     return ModeTiming(
         mode=traffic.mode,
         calls=calls,
         intra_s=sum(intra.values()),
         cross_s=sum(cross.values()),
-        forward_s=sum(t for p, t in calls.items() if not backward[p]),
-        backward_s=sum(t for p, t in calls.items() if backward[p]),
+        forward_s=forward,
+        backward_s=backward_s,
         alltoall_s=alltoall,
         allreduce_s=allreduce,
         compute_s=compute,

@@ -75,7 +75,7 @@ class PhaseTraffic:
 class AllReduce:
     """One dense-gradient all-reduce this rank joins: `size` ranks over `hosts` hosts."""
 
-    group: str  # "global" or "intra"
+    group: str  # "dense" (the head, beside the backward's exchanges), "global" or "intra" (after them)
     size: int
     hosts: int
     bytes: float  # payload
@@ -266,10 +266,10 @@ def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     n, p = _served(plan, w)
     world = _group("global", list(range(layout.world)), layout)
     phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, n * w.dim, _id_bytes(plan), w.weighted)
-    dense = w.shape.head_params + sum(w.shape.tower_params)
-    allreduce = (AllReduce("global", layout.world, layout.hosts, FLOAT_BYTES * dense),)
-    if layout.world == 1 or dense == 0:
-        allreduce = ()
+    allreduce: tuple[AllReduce, ...] = ()
+    if layout.world > 1:  # the head beside the backward (group "dense"), then the Tower Modules
+        parts = (("dense", w.shape.head_params), ("global", sum(w.shape.tower_params)))
+        allreduce = tuple(AllReduce(g, layout.world, layout.hosts, FLOAT_BYTES * n) for g, n in parts if n > 0)
     return [RankTraffic(r, tuple(phases[r]), allreduce) for r in range(layout.world)]
 
 
@@ -309,7 +309,7 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
         h = layout.host_of(r)
         ar = []
         if layout.world > 1 and w.shape.head_params > 0:
-            ar.append(AllReduce("global", layout.world, hosts, FLOAT_BYTES * w.shape.head_params))
+            ar.append(AllReduce("dense", layout.world, hosts, FLOAT_BYTES * w.shape.head_params))
         if per_host > 1 and host_params[h] > 0:
             ar.append(AllReduce("intra", per_host, 1, FLOAT_BYTES * float(host_params[h])))
         out.append(RankTraffic(r, tuple(phases[r]), tuple(ar)))
