@@ -269,3 +269,20 @@ def test_a_shared_host_link_carries_the_bytes_of_all_its_ranks():
             for h in range(2)
         ]
         assert seconds == pytest.approx(max(per_host) / payload_rate, rel=1e-9), phase
+
+
+def test_a_token_bucket_passes_its_depth_at_once():
+    from dmt.cost.presets import emulated
+    from dmt.cost.timing import call_times
+    from dmt.cost.traffic import PhaseTraffic
+
+    flat_rate = emulated(100.0, loopback_gbps=1.0, latency_intra_s=0.0, latency_cross_s=0.0)
+    bucket = emulated(100.0, loopback_gbps=1.0, latency_intra_s=0.0, latency_cross_s=0.0, burst_bytes=37_500)
+    model = TimingModel(per_message_intra_s=0.0, per_message_cross_s=0.0)
+    big = PhaseTraffic("x", False, 0.0, 1e6, 0, 1, 1e6, 1e6)
+    small = PhaseTraffic("x", False, 0.0, 1e4, 0, 1, 1e4, 1e4)
+    rate = 100e6 / 8 * flat_rate.wire_efficiency
+    assert call_times(big, flat_rate, model, 2)[1] - call_times(big, bucket, model, 2)[1] == pytest.approx(
+        37_500 / rate
+    )
+    assert call_times(small, bucket, model, 2)[1] == 0.0

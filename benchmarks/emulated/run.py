@@ -112,7 +112,13 @@ def main() -> None:
         layout = Layout(hosts, per_host)
         cal = calibrate(hosts, per_host, args.mbit, args.queue_ms)
         calibrations[topo] = {k: v for k, v in cal.items() if k != "link_bytes"}  # runtime RSS kept
-        cluster = emulated(args.mbit, cal["loopback_gbps"] or 1.0, cal["latency_intra_s"], cal["latency_cross_s"])
+        cluster = emulated(
+            args.mbit,
+            cal["loopback_gbps"] or 1.0,
+            cal["latency_intra_s"],
+            cal["latency_cross_s"],
+            cal["emulation"]["burst_bytes"],
+        )
         runtime_rss = max(cal["runtime_rss_bytes"])
         for name, mode, ratio, overrides in RUNS:
             out = Path("runs/bench_emulated") / topo / name.replace(" ", "_").replace("+", "_")
@@ -171,7 +177,11 @@ def repredict(result: dict) -> None:
         hosts, per_host = (int(x) for x in r["topology"].split("x"))
         cal = result["calibration"][r["topology"]]
         cluster = emulated(
-            result["cross_host_mbit"], cal["loopback_gbps"] or 1.0, cal["latency_intra_s"], cal["latency_cross_s"]
+            result["cross_host_mbit"],
+            cal["loopback_gbps"] or 1.0,
+            cal["latency_intra_s"],
+            cal["latency_cross_s"],
+            cal["emulation"]["burst_bytes"],
         )
         mode, ratio, overrides = settings_of[r["run"]]
         settings = [f"train.steps={result['steps']}", "data.synthetic.eval_samples=8192", *overrides]

@@ -36,6 +36,9 @@ class Cluster:
     # in GB/s of line rate; None: every GPU has its own NIC of nic_gbps (the presets).
     host_link_gbps: float | None = None
     wire_efficiency: float = 1.0  # payload share of the cross-host line rate (TCP/IP: 1448 / 1514)
+    # bytes a cross-host link lets through at once after a pause: a token bucket's depth (the
+    # emulator's tbf burst); 0 for a real wire, which is never faster than its rate
+    burst_bytes: float = 0.0
 
     def __post_init__(self) -> None:
         for key in ("intra_gbps", "nic_gbps"):
@@ -46,6 +49,8 @@ class Cluster:
                 raise UserError(f"cluster {key} must be >= 0, got {getattr(self, key)}")
         if self.host_link_gbps is not None and self.host_link_gbps <= 0:
             raise UserError(f"cluster host_link_gbps must be > 0 or unset, got {self.host_link_gbps}")
+        if self.burst_bytes < 0:
+            raise UserError(f"cluster burst_bytes must be >= 0, got {self.burst_bytes}")
         if not 0 < self.wire_efficiency <= 1:
             raise UserError(f"cluster wire_efficiency must be in (0, 1], got {self.wire_efficiency}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
@@ -62,7 +67,9 @@ PRESETS: dict[str, Cluster] = {
 TCP_PAYLOAD_SHARE = 1448 / 1514  # a full 1500-byte-MTU frame: Ethernet 14 + IPv4 20 + TCP 32 (timestamps)
 
 
-def emulated(mbit: float, loopback_gbps: float, latency_intra_s: float, latency_cross_s: float) -> Cluster:
+def emulated(
+    mbit: float, loopback_gbps: float, latency_intra_s: float, latency_cross_s: float, burst_bytes: float = 0.0
+) -> Cluster:
     """`dmt emulate`'s cluster: each host's ranks share one tbf-shaped link of `mbit`, TCP over
     Ethernet frames; inside a host, loopback. Bandwidth and latencies come from a calibration run
     (benchmarks/emulated/calibrate.py), not from a training run."""
@@ -74,6 +81,7 @@ def emulated(mbit: float, loopback_gbps: float, latency_intra_s: float, latency_
         latency_cross_s=latency_cross_s,
         host_link_gbps=mbit / 8e3,
         wire_efficiency=TCP_PAYLOAD_SHARE,
+        burst_bytes=burst_bytes,
     )
 
 

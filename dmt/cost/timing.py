@@ -12,7 +12,8 @@ One all-to-all call, one rank, one tier (intra-host over NVLink, cross-host over
     bw_intra   cluster.intra_gbps
     bw_cross   cluster.nic_gbps * g(H),  g(H) = g_inf + (1 - g_inf) / (H - 1)  (1 at H <= 2)
                (times the wire's payload share; with a shared host link, host_link_gbps, and the
-               bytes of all the host's ranks in the call: the emulator's hosts have one link each)
+               bytes of all the host's ranks in the call: the emulator's hosts have one link each;
+               a token-bucket link, burst_bytes > 0, passes that many bytes of a call at once)
 
 Why g falls only mildly: the "2x NIC at 2 nodes toward 1x at many nodes" of DESIGN 2 is nccl-tests
 bus bandwidth, which counts every byte; at H hosts of L GPUs only (W - L) / (W - 1) of them cross
@@ -79,7 +80,8 @@ def call_times(p: PhaseTraffic, cluster: Cluster, model: TimingModel, hosts: int
         p.intra_bytes, p.intra_messages, cluster.latency_intra_s, model.per_message_intra_s, cluster.intra_gbps * GB
     )
     cross_bw = cross_bandwidth(cluster, model, hosts)
-    cross = tier_time(p.cross_bytes, p.cross_messages, cluster.latency_cross_s, model.per_message_cross_s, cross_bw)
+    paced = max(0.0, p.cross_bytes - cluster.burst_bytes)  # a token bucket lets its depth through at once
+    cross = tier_time(paced, p.cross_messages, cluster.latency_cross_s, model.per_message_cross_s, cross_bw)
     return intra, cross
 
 
