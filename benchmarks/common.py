@@ -24,8 +24,11 @@ def provenance() -> dict:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    main = sys.modules["__main__"]
+    spec = getattr(main, "__spec__", None)
+    script = ["-m", spec.name] if spec is not None else sys.argv[:1]  # `python -m benchmarks.x` as typed
     return {
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
+        "command": " ".join([os.path.relpath(sys.executable), *script, *sys.argv[1:]]),
         "commit": git("rev-parse", "HEAD"),
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
