@@ -99,6 +99,9 @@ class Exchange:
         self.size = len(members)
         self.index = members.index(rank)
         self.cross = [layout.host_of(m) != layout.host_of(rank) for m in members]
+        # gloo over TCP: exchange across hosts through point-to-point messages, receives first
+        # (see _receives_first); NCCL's fused all-to-all is better left alone
+        self.receives_first = group is not None and any(self.cross) and dist.get_backend(group) == dist.Backend.GLOO
 
     def _count(self, phase: str, send_elems: list[int], elem_bytes: int) -> None:
         for j, n in enumerate(send_elems):
@@ -113,12 +116,41 @@ class Exchange:
         x = x.contiguous()
         _sync(x)
         start = time.perf_counter()
-        dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
+        if self.receives_first:
+            self._receives_first(out, x, send, recv)
+        else:
+            dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
         _sync(out)
         self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter(), tuple(self.members))
         row = x[0].numel() if x.dim() > 1 else 1
         self._count(phase, [n * row for n in send], x.element_size())
         return out
+
+    def _receives_first(self, out: Tensor, x: Tensor, send: list[int], recv: list[int]) -> None:
+        """all_to_all_single as point-to-point messages, every receive posted before any send.
+
+        gloo keeps one TCP socket per rank pair and tells a sender that the receiver is ready over
+        that socket. Its all-to-all posts each peer's send before the matching receive, so a rank
+        that arrives late queues that "ready" behind its own outgoing data, and the other
+        direction cannot start until the late rank's data has crossed: on a slow link the two
+        directions take turns. Posting the receives first sends every "ready" on an idle socket.
+        """
+        recv_at = [sum(recv[:j]) for j in range(self.size)]
+        send_at = [sum(send[:j]) for j in range(self.size)]
+        me = self.index
+        out[recv_at[me] : recv_at[me] + recv[me]].copy_(x[send_at[me] : send_at[me] + send[me]])
+        works = [
+            dist.irecv(out[recv_at[j] : recv_at[j] + recv[j]], src=m, group=self.group)
+            for j, m in enumerate(self.members)
+            if j != me and recv[j] > 0
+        ]
+        works += [
+            dist.isend(x[send_at[j] : send_at[j] + send[j]], dst=m, group=self.group)
+            for j, m in enumerate(self.members)
+            if j != me and send[j] > 0
+        ]
+        for w in works:
+            w.wait()
 
     def counts(self, send: Tensor) -> Tensor:
         """Swap small per-member count vectors: send [size, k] int64 -> recv [size, k]."""
