@@ -97,14 +97,14 @@ class DistributedModel(nn.Module):
         """Gradients of `loss` (already scaled by 1/W) on every parameter this rank holds, summed
         over the ranks that share them:
 
-            head backward -> start the head's all-reduce (world)  ......................  wait
+            head backward -> start the head's all-reduce (dense group: all ranks) ......  wait
                           -> exchanges and Tower Modules backward -> Tower Module all-reduce
         """
         with self.timer("backward"):
             loss.backward()  # the head's parameters and the cut tower outputs
         outputs, cut = self._cut
         self._cut = None
-        head, towers = self._shared_gradients()
+        head, _ = self._shared_gradients()  # the Tower Modules' gradients are still to come
         pending = self._all_reduce(head, self.topo.dense_group, async_op=True)
         with_grad = [
             (o, c.grad if c.grad is not None else torch.zeros_like(c)) for o, c in zip(outputs, cut, strict=True)
