@@ -42,6 +42,7 @@ load imbalance other than through the per-rank maxima above.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dmt.cost.presets import Cluster
@@ -146,6 +147,12 @@ def _host_cross_bytes(traffic: ModeTraffic) -> dict[tuple[int, str], float]:
     return out
 
 
+def _allreduce_s(traffic: ModeTraffic, cluster: Cluster, counts: Callable[[str], bool]) -> float:
+    """Max over ranks of the summed time of its all-reduces whose group `counts`."""
+    per_rank = (sum(allreduce_time(a, cluster) for a in r.allreduces if counts(a.group)) for r in traffic.ranks)
+    return max(per_rank, default=0.0)
+
+
 def _shared_link_s(traffic: ModeTraffic, cluster: Cluster, model: TimingModel) -> float:
     """Seconds the backward's cross-host bytes and the head all-reduce's take on one link together
     (they run side by side): per host link, or per GPU NIC, the most loaded one."""
@@ -211,15 +218,9 @@ def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | Non
     alltoall = sum(calls.values())
     forward = sum(t for p, t in calls.items() if not backward[p])
     backward_s = alltoall - forward
-    allreduce = max((sum(allreduce_time(a, cluster) for a in r.allreduces) for r in traffic.ranks), default=0.0)
-    beside = max(
-        (sum(allreduce_time(a, cluster) for a in r.allreduces if a.group == "dense") for r in traffic.ranks),
-        default=0.0,
-    )
-    after = max(
-        (sum(allreduce_time(a, cluster) for a in r.allreduces if a.group != "dense") for r in traffic.ranks),
-        default=0.0,
-    )
+    allreduce = _allreduce_s(traffic, cluster, lambda group: True)
+    beside = _allreduce_s(traffic, cluster, lambda group: group == "dense")
+    after = _allreduce_s(traffic, cluster, lambda group: group != "dense")
     together = _shared_link_s(traffic, cluster, model)
     compute = None
     if cluster.peak_tflops is not None:

@@ -135,20 +135,11 @@ class Exchange:
         direction cannot start until the late rank's data has crossed: on a slow link the two
         directions take turns. Posting the receives first sends every "ready" on an idle socket.
         """
-        recv_at = [sum(recv[:j]) for j in range(self.size)]
-        send_at = [sum(send[:j]) for j in range(self.size)]
-        me = self.index
-        out[recv_at[me] : recv_at[me] + recv[me]].copy_(x[send_at[me] : send_at[me] + send[me]])
-        works = [
-            dist.irecv(out[recv_at[j] : recv_at[j] + recv[j]], src=m, group=self.group)
-            for j, m in enumerate(self.members)
-            if j != me and recv[j] > 0
-        ]
-        works += [
-            dist.isend(x[send_at[j] : send_at[j] + send[j]], dst=m, group=self.group)
-            for j, m in enumerate(self.members)
-            if j != me and send[j] > 0
-        ]
+        into, parts, me = out.split(recv), x.split(send), self.index
+        into[me].copy_(parts[me])
+        peers = [(j, m) for j, m in enumerate(self.members) if j != me]
+        works = [dist.irecv(into[j], src=m, group=self.group) for j, m in peers if recv[j] > 0]
+        works += [dist.isend(parts[j], dst=m, group=self.group) for j, m in peers if send[j] > 0]
         for w in works:
             w.wait()
 

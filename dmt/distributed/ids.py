@@ -39,7 +39,7 @@ def send_ids(
         payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
         counts.append([lengths.numel(), values.numel()])
     recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
-    id_size = torch.empty(0, dtype=id_dtype).element_size()
+    id_size = id_dtype.itemsize
     per_value = id_size + (4 if weighted else 0)
     got = ex.all_to_all(
         torch.cat(payloads), [p.numel() for p in payloads], [4 * nl + per_value * nv for nl, nv in recv], phase
@@ -78,8 +78,7 @@ def _as_bytes(t: Tensor) -> Tensor:
 
 def _from_bytes(buf: Tensor, offset: int, count: int, dtype: torch.dtype) -> Tensor:
     """`count` values of `dtype` stored in buf[offset:] (copied: the offset need not be aligned)."""
-    size = torch.empty(0, dtype=dtype).element_size()
-    return buf[offset : offset + count * size].clone().view(dtype)
+    return buf[offset : offset + count * dtype.itemsize].clone().view(dtype)
 
 
 def return_rows(
