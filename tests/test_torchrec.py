@@ -91,30 +91,39 @@ def _parity(cfg, topo: Topology, steps: int, kernel: str) -> dict[str, float]:
     diffs = {"logits": 0.0, "loss": 0.0, "tables": 0.0, "dense": 0.0, "table_change": 0.0}
     stream = ours.source.train_batches(bs, topo.rank, world)
     for _ in range(steps):
-        batch = next(stream)
-        loss, logits = forward_backward(ours, batch)  # loss / W, summed dense gradients
-        for opt in ours.optimizers:
-            opt.step()
-
-        their_logits = dmp(batch.dense, to_kjt(batch.sparse))
-        their_loss = F.binary_cross_entropy_with_logits(their_logits, batch.labels)
-        for opt in their_opts:
-            opt.zero_grad(set_to_none=True)
-        their_loss.backward()  # global mean gradients: DDP and TorchRec's gradient division
-        for opt in their_opts:
-            opt.step()
-
-        diffs["logits"] = max(diffs["logits"], _max(logits, their_logits))
-        diffs["loss"] = max(diffs["loss"], abs(loss - float(their_loss)))
+        _step_side_by_side(ours, dmp, their_opts, next(stream), diffs)
     theirs = local_tables(dmp)
     for t, bag in ours.model.embeddings.tables.items():
         diffs["tables"] = max(diffs["tables"], _max(bag.weight, theirs[t]))
         diffs["table_change"] = max(diffs["table_change"], _max(bag.weight, start[t]))
-    their_dense = dict(trec.model.named_parameters())
-    for name, p in ours.model.named_parameters():
-        if not name.startswith("embeddings."):
-            diffs["dense"] = max(diffs["dense"], _max(p, their_dense[name]))
+    diffs["dense"] = _dense_difference(ours, trec)
     return diffs
+
+
+def _step_side_by_side(ours, dmp, their_opts: list, batch, diffs: dict) -> None:
+    """One training step of our model and of TorchRec's on `batch`; the largest logit and loss
+    differences so far go into diffs."""
+    loss, logits = forward_backward(ours, batch)  # loss / W, summed dense gradients
+    for opt in ours.optimizers:
+        opt.step()
+    their_logits = dmp(batch.dense, to_kjt(batch.sparse))
+    their_loss = F.binary_cross_entropy_with_logits(their_logits, batch.labels)
+    for opt in their_opts:
+        opt.zero_grad(set_to_none=True)
+    their_loss.backward()  # global mean gradients: DDP and TorchRec's gradient division
+    for opt in their_opts:
+        opt.step()
+    diffs["logits"] = max(diffs["logits"], _max(logits, their_logits))
+    diffs["loss"] = max(diffs["loss"], abs(loss - float(their_loss)))
+
+
+def _dense_difference(ours, trec) -> float:
+    """Largest difference between our dense parameters and TorchRec's copy of the same model."""
+    theirs = dict(trec.model.named_parameters())
+    return max(
+        (_max(p, theirs[n]) for n, p in ours.model.named_parameters() if not n.startswith("embeddings.")),
+        default=0.0,
+    )
 
 
 @pytest.mark.parametrize("kernel", ["fused", "dense"])
@@ -141,23 +150,8 @@ def _parity_sharded(cfg, topo: Topology, steps: int, sharding: str) -> dict:
     diffs = {"logits": 0.0, "loss": 0.0, "dense": 0.0}
     stream = ours.source.train_batches(cfg.train.batch_size, topo.rank, topo.layout.world)
     for _ in range(steps):
-        batch = next(stream)
-        loss, logits = forward_backward(ours, batch)
-        for opt in ours.optimizers:
-            opt.step()
-        their_logits = dmp(batch.dense, to_kjt(batch.sparse))
-        their_loss = F.binary_cross_entropy_with_logits(their_logits, batch.labels)
-        for opt in their_opts:
-            opt.zero_grad(set_to_none=True)
-        their_loss.backward()
-        for opt in their_opts:
-            opt.step()
-        diffs["logits"] = max(diffs["logits"], _max(logits, their_logits))
-        diffs["loss"] = max(diffs["loss"], abs(loss - float(their_loss)))
-    their_dense = dict(trec.model.named_parameters())
-    for name, p in ours.model.named_parameters():
-        if not name.startswith("embeddings."):
-            diffs["dense"] = max(diffs["dense"], _max(p, their_dense[name]))
+        _step_side_by_side(ours, dmp, their_opts, next(stream), diffs)
+    diffs["dense"] = _dense_difference(ours, trec)
     held = {t: bag.weight.detach().clone() for t, bag in ours.model.embeddings.tables.items() if owner[t] == topo.rank}
     theirs = {t: [(o, x.detach().clone()) for o, x in pieces] for t, pieces in local_shards(dmp).items()}
     return {"diffs": diffs, "ours": held, "theirs": theirs}
