@@ -11,6 +11,18 @@ import sys
 import torch
 
 
+def provenance_lines(result: dict, machine: str = "", command: str = "") -> list[str]:
+    """The Command / Commit / Machine lines a results.md opens with, from `provenance()`'s keys in
+    `result`; `machine` and `command` add a note to their line."""
+    m = result["machine"]
+    dirty = " (dirty tree)" if result.get("dirty") else ""
+    return [
+        f"Command: `{result['command']}`{command}  ",
+        f"Commit: `{result['commit']}`{dirty}, {result['date']}  ",
+        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}{machine}  ",
+    ]
+
+
 def provenance() -> dict:
     def git(*args: str) -> str:
         try:

@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 
 HERE = Path(__file__).parent
 RUNS = Path("runs/bench_accuracy")
@@ -150,16 +150,13 @@ def _f(value: float | None, spec: str) -> str:
 
 def write(result: dict) -> None:
     (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    m = result["machine"]
     lines = [
         "# Accuracy of flat and DMT models on real data (one process per run)",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`{' (dirty tree)' if result['dirty'] else ''}, {result['date']}  ",
+        *provenance_lines(result, ", OMP_NUM_THREADS=1, one run at a time"),
         "Runs per dataset and commit: "
         + ", ".join(f"{ds} at `{c}`" for ds, c in sorted({(r["dataset"], r.get("commit")) for r in result["runs"]}))
         + "  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, OMP_NUM_THREADS=1, one run at a time  ",
         "Each run: `python -m dmt train --config configs/DATASET_CONFIG.toml --set train.progress=false "
         "train.tensorboard=false train.seed=SEED [model.tower_module=compress model.compression_ratio=CR] "
         "--out runs/bench_accuracy/...` (exact commands per run in results.json)",

@@ -25,7 +25,7 @@ import argparse
 import json
 from pathlib import Path
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 from dmt.config import load_config
 from dmt.cost.estimate import Estimator
 from dmt.cost.presets import emulated
@@ -202,10 +202,7 @@ def report(result: dict) -> str:
         f"# Emulated cluster, cross-host links shaped to {result['cross_host_mbit']:g} Mbit/s per host, "
         f"queues of {result['queue_ms']:g} ms",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`, {result['date']}  ",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (each emulated host pinned to "
-        "its own share of them)  ",
+        *provenance_lines(result, " (each emulated host pinned to its own share of them)"),
         f"Config: `{result['config']}`, {result['steps']} steps per run, one run each",
         *(
             [

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 from dmt.distributed.comm import CommCounter, Exchange
 from dmt.distributed.topology import Layout
 from dmt.emulate import emulate
@@ -71,9 +71,7 @@ def main() -> None:
     lines = [
         f"# A late peer on gloo: 768 KiB each way between two hosts at {args.mbit:g} Mbit/s",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`, {result['date']}  ",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores",
+        *provenance_lines(result),
         "",
         "| exchange | median ms until both are done |",
         "|---|---|",

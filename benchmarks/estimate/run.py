@@ -11,7 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 from dmt.cli import main as dmt
 
 HERE = Path(__file__).parent
@@ -31,9 +31,9 @@ def main() -> None:
     lines = [
         "# `dmt estimate`: paper-like DLRM on 8 x 8 H100",
         "",
-        f"Command: `{result['command']}` (runs `dmt estimate {' '.join(ARGS)} --plot`)  ",
-        f"Commit: `{result['commit']}`, {result['date']}  ",
-        f"Machine: {result['machine']['cpu']} (a prediction: no GPU involved)",
+        *provenance_lines(
+            result, " (a prediction: no GPU involved)", f" (runs `dmt estimate {' '.join(ARGS)} --plot`)"
+        ),
         "",
         "| mode | cross-host GB per GPU and step | communication ms per step |",
         "|---|---|---|",

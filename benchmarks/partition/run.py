@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 from dmt.config import load_config
 from dmt.data import make_source
 from dmt.partition import adjusted_rand_index, partition
@@ -155,13 +155,10 @@ def _tests(rows: list[dict]) -> dict:
 
 
 def _markdown(result: dict) -> str:
-    m = result["machine"]
     lines = [
         "# Tower Partitioner: DMT-DLRM AUC with TP, sequential and random towers",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}` (dirty: {result['dirty']}), {result['date']}  ",
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}; total wall time {result['wall_s'] / 60:.1f} min",
+        *provenance_lines(result, f"; total wall time {result['wall_s'] / 60:.1f} min"),
         "",
         f"Config `{result['config']}` (K = 4 towers, compression ratio from the config), one process, "
         f"{result['steps']} steps per run, training seeds {result['seeds']}; Bayes-optimal AUC "

@@ -17,7 +17,7 @@ import os
 from importlib.metadata import version
 from pathlib import Path
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 from dmt.emulate import emulate
 
 HERE = Path(__file__).parent
@@ -80,9 +80,7 @@ def write(result: dict, load: str) -> None:
     lines = [
         f"# Peer baseline: dmt against TorchRec on an emulated 2x2 cluster, {result['cross_host_mbit']:g} Mbit/s",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`{' (dirty tree)' if result['dirty'] else ''}, {result['date']}  ",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (all ranks share them); {load}  ",
+        *provenance_lines(result, f" (all ranks share them); {load}"),
         f"Config: `{result['config']}` (TorchRec runs: its flat DLRM), {result['steps']} steps, one run each",
         "",
         "| run | examples/s | speedup vs dmt flat | median step ms | AUC | link tx B/host |",

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import provenance
+from benchmarks.common import provenance, provenance_lines
 
 CONFIGS = ["synthetic_dlrm", "synthetic_dcn", "synthetic_dmt_dlrm", "synthetic_dmt_dcn"]
 HERE = Path(__file__).parent
@@ -60,9 +60,7 @@ def main() -> None:
     lines = [
         "# Training quality on synthetic data (one process)",
         "",
-        f"Command: `{result['command']}`  ",
-        f"Commit: `{result['commit']}`, {result['date']}  ",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']}",
+        *provenance_lines(result),
         "",
         "| config | model | AUC | optimal AUC | gap | NE | wall s (whole `dmt train`) | steps |",
         "|---|---|---|---|---|---|---|---|",
