@@ -22,7 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_config(p: argparse.ArgumentParser, required: bool = True) -> None:
-    p.add_argument("--config", required=required, help="TOML config file (configs/*.toml)")
+    p.add_argument(
+        "--config",
+        required=required,
+        help="TOML config file, or the name of a shipped config (demo, synthetic_dlrm, ...)",
+    )
     p.add_argument(
         "--set",
         nargs="+",
@@ -232,7 +236,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="flat and SPTT+TM side by side on a local multi-process cluster")
     _add_config(p, required=False)
-    p.set_defaults(config="configs/demo.toml")
+    p.set_defaults(config="demo")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks-per-host", type=int, default=2)
     p.add_argument("--compression-ratio", type=float, default=4.0)

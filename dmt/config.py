@@ -1,6 +1,6 @@
 """Typed configs, one dataclass per component, loaded from TOML with `--set a.b=c` overrides.
 
-    cfg = load_config("configs/synthetic_dlrm.toml", ["train.steps=20", "dist.mode=sptt"])
+    cfg = load_config("synthetic_dlrm", ["train.steps=20", "dist.mode=sptt"])
 
 Unknown keys, wrong types and values outside the allowed set raise `UserError` with one line
 that names the key. `dacite` does the dict -> dataclass work in strict mode.
@@ -187,12 +187,37 @@ def config_from_dict(tree: dict) -> Config:
     return cfg
 
 
+SHIPPED = Path(__file__).parent / "configs"  # the configs dmt ships (package data)
+
+
+def shipped_configs() -> list[str]:
+    """Names of the configs shipped with dmt (`dmt train --config NAME` finds them anywhere)."""
+    return sorted(p.stem for p in SHIPPED.glob("*.toml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file by path, else a shipped config by name: "demo", "demo.toml" and
+    "configs/demo.toml" all find the shipped demo config from any directory.
+
+    >>> resolve_config("demo").name
+    'demo.toml'
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = p.name if p.parent in (Path("."), Path("configs")) else None
+    if name is not None:
+        shipped = SHIPPED / (name if name.endswith(".toml") else f"{name}.toml")
+        if shipped.is_file():
+            return shipped
+    raise UserError(f"config file not found: {p} (shipped configs: {', '.join(shipped_configs())})")
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """TOML file (or shipped config name, see `resolve_config`) plus `key=value` overrides."""
     tree: dict = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"config file not found: {p}")
+        p = resolve_config(path)
         try:
             tree = tomllib.loads(p.read_text())
         except tomllib.TOMLDecodeError as e:

@@ -11,7 +11,7 @@ def run_ranks(hosts: int, ranks_per_host: int, fn, cfg: Config, *args) -> dict[i
     return launch(hosts * ranks_per_host, fn, cfg, ranks_per_host, *args, start_method="spawn")
 
 
-def small_config(path: str = "configs/synthetic_dmt_dlrm.toml", *overrides: str) -> Config:
+def small_config(path: str = "dmt/configs/synthetic_dmt_dlrm.toml", *overrides: str) -> Config:
     """A config file with a small batch and a small evaluation set."""
     return load_config(
         path, ["train.batch_size=32", "data.synthetic.eval_samples=2048", "train.progress=false", *overrides]

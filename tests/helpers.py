@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from dmt.data.base import FeatureSpec
 from dmt.sparse import Batch, KeyedJagged
+from dmt.specs import FeatureSpec
 
 
 def tiny_features(num: int = 6, shared: bool = True) -> list[FeatureSpec]:

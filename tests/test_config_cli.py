@@ -14,7 +14,7 @@ from dmt.config import load_config
 from dmt.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
+CONFIGS = sorted((ROOT / "dmt/configs").glob("*.toml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -25,7 +25,7 @@ def test_every_shipped_config_loads(path):
 
 def test_overrides_take_toml_literals():
     cfg = load_config(
-        ROOT / "configs/synthetic_dlrm.toml",
+        ROOT / "dmt/configs/synthetic_dlrm.toml",
         ["train.steps=7", "model.top_mlp=[8, 4]", "dist.mode=sptt", "train.dense_lr=1"],
     )
     assert cfg.train.steps == 7 and cfg.model.top_mlp == [8, 4] and cfg.dist.mode == "sptt"
@@ -33,7 +33,7 @@ def test_overrides_take_toml_literals():
 
 
 def test_towers_file_is_relative_to_its_config():
-    cfg = load_config(ROOT / "configs/synthetic_dmt_dlrm.toml")
+    cfg = load_config(ROOT / "dmt/configs/synthetic_dmt_dlrm.toml")
     assert Path(cfg.model.towers_file).is_file()
 
 
@@ -52,7 +52,7 @@ def test_towers_file_is_relative_to_its_config():
 )
 def test_bad_config_values_are_user_errors(overrides, message):
     with pytest.raises(UserError) as err:
-        load_config(ROOT / "configs/synthetic_dlrm.toml", overrides)
+        load_config(ROOT / "dmt/configs/synthetic_dlrm.toml", overrides)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
@@ -70,16 +70,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "--config", "configs/nope.toml", "--out", "x"], "config file not found: configs/nope.toml"),
+        (["train", "--config", "dmt/configs/nope.toml", "--out", "x"], "config file not found: dmt/configs/nope.toml"),
         (
-            ["train", "--config", "configs/synthetic_dlrm.toml", "--set", "train.steps=-1", "--out", "x"],
+            ["train", "--config", "dmt/configs/synthetic_dlrm.toml", "--set", "train.steps=-1", "--out", "x"],
             "'train.steps' must be > 0",
         ),
         (
             [
                 "train",
                 "--config",
-                "configs/synthetic_dlrm.toml",
+                "dmt/configs/synthetic_dlrm.toml",
                 "--set",
                 "model.towers_file=missing.json",
                 "--out",
@@ -88,7 +88,17 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
             "model.towers_file not found: missing.json",
         ),
         (
-            ["train", "--config", "configs/synthetic_dlrm.toml", "--nproc", "3", "--ranks-per-host", "2", "--out", "x"],
+            [
+                "train",
+                "--config",
+                "dmt/configs/synthetic_dlrm.toml",
+                "--nproc",
+                "3",
+                "--ranks-per-host",
+                "2",
+                "--out",
+                "x",
+            ],
             "ranks per host 2 does not divide the world of 3 ranks",
         ),
         (["eval", "--checkpoint", "nowhere"], "no checkpoint at nowhere"),
@@ -97,7 +107,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
             [
                 "verify",
                 "--config",
-                "configs/synthetic_dlrm.toml",
+                "dmt/configs/synthetic_dlrm.toml",
                 "--hosts",
                 "0",
                 "--ranks-per-host",
@@ -139,7 +149,7 @@ def test_sptt_table_split_over_towers_is_rejected(tmp_path):
     r = _cli(
         "train",
         "--config",
-        "configs/synthetic_dmt_dlrm.toml",
+        "dmt/configs/synthetic_dmt_dlrm.toml",
         "--set",
         f"model.towers_file={path}",
         "--nproc",
@@ -156,5 +166,5 @@ def test_planted_towers_file_matches_default_synthetic_data():
     from dmt.config import DataConfig
     from dmt.data.synthetic import SyntheticSource
 
-    towers = json.loads((ROOT / "configs/towers/synthetic_planted.json").read_text())["towers"]
+    towers = json.loads((ROOT / "dmt/configs/towers/synthetic_planted.json").read_text())["towers"]
     assert towers == SyntheticSource(DataConfig()).planted_groups

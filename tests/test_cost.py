@@ -15,15 +15,15 @@ from dmt.cost.timing import TimingModel, alltoall_busbw, mode_timing
 from dmt.cost.traffic import traffic
 from dmt.cost.workload import Workload, feature_specs, model_shape
 from dmt.data import make_source
-from dmt.data.base import FeatureSpec
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
+from dmt.specs import FeatureSpec
 
 from .dist_helpers import run_ranks, small_config
 
 # one id per feature and sample: lengths are deterministic, so the model's counts are exact
 ONE_ID = ["data.synthetic.group_pooling=[1.0,1.0,1.0,1.0]", "data.synthetic.max_pooling=1"]
-DLRM, DCN = "configs/synthetic_dmt_dlrm.toml", "configs/synthetic_dmt_dcn.toml"
+DLRM, DCN = "dmt/configs/synthetic_dmt_dlrm.toml", "dmt/configs/synthetic_dmt_dcn.toml"
 FLAT_BASELINE = (DLRM, "dist.mode=flat", "model.towers_file=")
 VARIANTS = {
     "flat": FLAT_BASELINE,
@@ -94,7 +94,7 @@ def test_synthetic_features_match_the_source():
         "data.synthetic.shared_tables=3",
     ]
     for overrides in ([], other):
-        cfg = load_config("configs/synthetic_dlrm.toml", overrides)
+        cfg = load_config("dmt/configs/synthetic_dlrm.toml", overrides)
         assert feature_specs(cfg.data)[0] == make_source(cfg.data).features
 
 
@@ -121,7 +121,7 @@ def test_alltoall_bus_bandwidth_matches_the_measurements():
 
 
 def _paper_estimator(preset: str = "h100") -> Estimator:
-    return Estimator(load_config("configs/paper_dlrm.toml"), cluster(preset))
+    return Estimator(load_config("dmt/configs/paper_dlrm.toml"), cluster(preset))
 
 
 def test_tower_modules_divide_the_cross_host_pooled_bytes():

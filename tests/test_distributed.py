@@ -18,7 +18,7 @@ from .dist_helpers import run_ranks, small_config
 TOLERANCE = 1e-5
 VARIANTS = [
     (path, mode, tm)
-    for path in ("configs/synthetic_dmt_dlrm.toml", "configs/synthetic_dmt_dcn.toml")
+    for path in ("dmt/configs/synthetic_dmt_dlrm.toml", "dmt/configs/synthetic_dmt_dcn.toml")
     for mode in ("flat", "sptt")
     for tm in ("identity", "compress")
 ]
@@ -45,7 +45,7 @@ def test_sharded_equals_one_device(hosts, per_host):
 
 def test_flat_baseline_model_equals_one_device():
     """The flat DLRM (no towers) sharded table-wise over 2 hosts x 2 ranks."""
-    cfg = small_config("configs/synthetic_dlrm.toml")
+    cfg = small_config("dmt/configs/synthetic_dlrm.toml")
     diffs = run_ranks(2, 2, verify_rank, cfg, 3)[0]
     assert max(diffs.values()) <= TOLERANCE, diffs
 
@@ -86,7 +86,7 @@ def _one_step_counters(cfg, topo: Topology) -> dict:
 
 @pytest.mark.parametrize("mode", ["flat", "sptt"])
 def test_cross_host_bytes_match_hand_count(mode):
-    cfg = small_config("configs/synthetic_dmt_dlrm.toml", f"dist.mode={mode}", "model.compression_ratio=4")
+    cfg = small_config("dmt/configs/synthetic_dmt_dlrm.toml", f"dist.mode={mode}", "model.compression_ratio=4")
     results = run_ranks(2, 2, _one_step_counters, cfg)
     for rank, r in results.items():
         assert r["counted"] == r["expected"] > 0, (rank, r)
@@ -100,7 +100,7 @@ def test_demo_sptt_with_compression_sends_under_a_third_across_hosts():
     }
     total = {}
     for mode, overrides in runs.items():
-        cfg = load_config("configs/demo.toml", [*overrides, "data.synthetic.eval_samples=2048"])
+        cfg = load_config("dmt/configs/demo.toml", [*overrides, "data.synthetic.eval_samples=2048"])
         total[mode] = sum(r["counted"] for r in run_ranks(2, 2, _one_step_counters, cfg).values())
     assert total["sptt"] <= 0.3 * total["flat"], total
 
@@ -117,7 +117,7 @@ def test_topology_must_divide_world():
 def test_more_ranks_than_tables_still_equals_one_device():
     """Three tables on four ranks: one rank owns nothing and must still join every exchange."""
     cfg = small_config(
-        "configs/synthetic_dlrm.toml",
+        "dmt/configs/synthetic_dlrm.toml",
         "data.synthetic.group_sizes=[1, 2]",
         "data.synthetic.group_pooling=[1.0, 2.0]",
         "data.synthetic.shared_tables=0",
@@ -129,7 +129,7 @@ def test_more_ranks_than_tables_still_equals_one_device():
 def test_hosts_without_towers_still_equal_one_device():
     """Two towers on four hosts under SPTT: two hosts hold no tower and serve nothing."""
     cfg = small_config(
-        "configs/synthetic_dlrm.toml",
+        "dmt/configs/synthetic_dlrm.toml",
         "data.synthetic.group_sizes=[1, 2]",
         "data.synthetic.group_pooling=[1.0, 2.0]",
         "data.synthetic.shared_tables=0",
@@ -148,7 +148,7 @@ def test_verify_command_writes_ok(tmp_path):
         [
             "verify",
             "--config",
-            "configs/synthetic_dmt_dcn.toml",
+            "dmt/configs/synthetic_dmt_dcn.toml",
             "--set",
             "train.batch_size=16",
             "data.synthetic.eval_samples=512",

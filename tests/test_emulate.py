@@ -42,7 +42,7 @@ def test_emulated_run_reports_link_bytes_and_cleans_up(tmp_path):
         200,
         [
             "--config",
-            "configs/synthetic_dmt_dlrm.toml",
+            "dmt/configs/synthetic_dmt_dlrm.toml",
             "--set",
             "train.steps=5",
             "train.batch_size=64",

@@ -111,8 +111,8 @@ def test_sequential_towers_cut_feature_order():
 
 def test_a_rank_builds_only_its_tables_with_the_one_device_values():
     """Each table is seeded on its own: holding a subset gives the same weights, never the rest."""
-    from dmt.data.base import FeatureSpec
     from dmt.modules.embedding import EmbeddingBagCollection
+    from dmt.specs import FeatureSpec
 
     feats = [FeatureSpec(f"f{i}", f"t{i}", 50 + 10 * i) for i in range(5)]
     torch.manual_seed(7)

@@ -13,7 +13,6 @@ import torch
 
 from dmt.cli import main
 from dmt.config import DataConfig, SyntheticConfig, load_config
-from dmt.data.base import FeatureSpec
 from dmt.data.synthetic import SyntheticSource
 from dmt.errors import UserError
 from dmt.models.build import resolve_towers
@@ -23,10 +22,11 @@ from dmt.partition.costs import feature_costs, items_of, parse_cost
 from dmt.partition.interaction import data_interactions, dcn_interactions, normalise
 from dmt.partition.kmeans import Infeasible, assign, min_feasible_bound
 from dmt.partition.run import run_partition
+from dmt.specs import FeatureSpec
 from tests.helpers import tiny_features
 
 ROOT = Path(__file__).resolve().parents[1]
-DLRM = ROOT / "configs/synthetic_dlrm.toml"
+DLRM = ROOT / "dmt/configs/synthetic_dlrm.toml"
 SMALL_EVAL = "data.synthetic.eval_samples=1024"
 
 

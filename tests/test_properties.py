@@ -52,7 +52,7 @@ def test_random_configs_error_clearly_or_train(tmp_path_factory, overrides):
         "train.eval_batch_size=256",
     ]
     try:
-        cfg = load_config("configs/synthetic_dlrm.toml", base + items)
+        cfg = load_config("dmt/configs/synthetic_dlrm.toml", base + items)
         summary = train(cfg, tmp_path_factory.mktemp("run"))
     except UserError as e:
         message = str(e)

@@ -13,10 +13,10 @@ import torch
 
 from dmt.config import DataConfig, config_from_dict
 from dmt.data import make_source
-from dmt.data.base import FeatureSpec
 from dmt.data.tabular import InMemorySource, Table, split_rows
 from dmt.errors import UserError
 from dmt.sparse import Batch
+from dmt.specs import FeatureSpec
 
 
 def numbered_source(n_train: int = 10, n_eval: int = 7, seed: int = 3) -> InMemorySource:

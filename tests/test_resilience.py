@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_resumed_sptt_run_equals_uninterrupted(tmp_path):
-    cfg = small_config("configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=6")
-    half = small_config("configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=3")
+    cfg = small_config("dmt/configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=6")
+    half = small_config("dmt/configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=3")
     run_ranks(2, 2, _train_rank, cfg, str(tmp_path / "full"), False)
     run_ranks(2, 2, _train_rank, half, str(tmp_path / "resumed"), False)
     run_ranks(2, 2, _train_rank, cfg, str(tmp_path / "resumed"), True)
@@ -38,8 +38,8 @@ def test_resumed_sptt_run_equals_uninterrupted(tmp_path):
 def test_one_device_resume_equals_uninterrupted(tmp_path):
     from dmt.train.loop import train
 
-    cfg = small_config("configs/synthetic_dlrm.toml", "train.steps=6")
-    half = small_config("configs/synthetic_dlrm.toml", "train.steps=3")
+    cfg = small_config("dmt/configs/synthetic_dlrm.toml", "train.steps=6")
+    half = small_config("dmt/configs/synthetic_dlrm.toml", "train.steps=3")
     train(cfg, tmp_path / "full")
     train(half, tmp_path / "resumed")
     train(cfg, tmp_path / "resumed", resume=True)
@@ -77,7 +77,7 @@ def test_killing_a_rank_stops_every_rank(tmp_path):
     proc = _dmt(
         "train",
         "--config",
-        "configs/synthetic_dlrm.toml",
+        "dmt/configs/synthetic_dlrm.toml",
         "--nproc",
         "2",
         "--set",
@@ -117,7 +117,7 @@ def test_sharded_checkpoint_exports_to_one_device_eval(tmp_path):
 
     from dmt.cli import main
 
-    cfg = small_config("configs/synthetic_dmt_dcn.toml", "dist.mode=sptt", "train.steps=4")
+    cfg = small_config("dmt/configs/synthetic_dmt_dcn.toml", "dist.mode=sptt", "train.steps=4")
     run_ranks(2, 1, _train_rank, cfg, str(tmp_path), False)
     sharded = json.loads((tmp_path / "summary.json").read_text())
     assert (tmp_path / "checkpoint" / ".metadata").is_file()
@@ -135,7 +135,7 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
     args = [
         "train",
         "--config",
-        "configs/synthetic_dlrm.toml",
+        "dmt/configs/synthetic_dlrm.toml",
         "--set",
         "train.steps=1000000",
         "train.batch_size=32",
@@ -163,7 +163,7 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
     from dmt.train.loop import train
 
     total = steps[-1] + 3
-    finish = small_config("configs/synthetic_dlrm.toml", f"train.steps={total}", "train.batch_size=32")
+    finish = small_config("dmt/configs/synthetic_dlrm.toml", f"train.steps={total}", "train.batch_size=32")
     resumed = train(finish, tmp_path, resume=True)
     straight = train(finish, tmp_path / "straight")
     _, a = load_file(tmp_path)
@@ -176,7 +176,7 @@ def test_kill_during_checkpointing_leaves_a_loadable_checkpoint(tmp_path):
 def test_same_seed_and_topology_give_identical_metrics(tmp_path):
     import json
 
-    cfg = small_config("configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=5")
+    cfg = small_config("dmt/configs/synthetic_dmt_dlrm.toml", "dist.mode=sptt", "train.steps=5")
     for name in ("a", "b"):
         run_ranks(2, 1, _train_rank, cfg, str(tmp_path / name), False)
     a, b = (json.loads((tmp_path / n / "summary.json").read_text()) for n in ("a", "b"))

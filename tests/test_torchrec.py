@@ -59,7 +59,7 @@ def test_kjt_round_trip_keeps_weights():
 
 def test_one_device_model_equals_ours():
     """Mean pooling, two shared tables: the unsharded TorchRec stage pools exactly as ours."""
-    t = build(small_config("configs/synthetic_dlrm.toml"), None)
+    t = build(small_config("dmt/configs/synthetic_dlrm.toml"), None)
     batch = next(t.source.train_batches(32))
     trec = TorchRecModel(t.model)
     assert len(trec.ebc.embedding_bags) < len(t.model.feature_names)  # shared tables survive
@@ -129,7 +129,7 @@ def _dense_difference(ours, trec) -> float:
 @pytest.mark.parametrize("kernel", ["fused", "dense"])
 def test_flat_baseline_equals_torchrec_table_wise(kernel):
     """2 hosts x 2 ranks, flat DLRM (mean pooling, shared tables), 3 SGD steps."""
-    cfg = small_config("configs/synthetic_dlrm.toml", *LR)
+    cfg = small_config("dmt/configs/synthetic_dlrm.toml", *LR)
     results = run_ranks(2, 2, _parity, cfg, STEPS, kernel)
     for rank, diffs in results.items():
         assert diffs["table_change"] > 100 * TOLERANCE, f"rank {rank}: tables barely moved: {diffs}"
@@ -161,7 +161,9 @@ def _parity_sharded(cfg, topo: Topology, steps: int, sharding: str) -> dict:
 def test_flat_baseline_equals_torchrec_row_sharded(sharding):
     """2 hosts x 2 ranks, flat DLRM, 3 steps of row-wise Adagrad on the tables (fused into fbgemm's
     CPU kernel on TorchRec's side); tables split by rows within a host (TWRW) or over all ranks."""
-    cfg = small_config("configs/synthetic_dlrm.toml", "train.embedding_optimizer=rowwise_adagrad", "train.dense_lr=0.5")
+    cfg = small_config(
+        "dmt/configs/synthetic_dlrm.toml", "train.embedding_optimizer=rowwise_adagrad", "train.dense_lr=0.5"
+    )
     results = run_ranks(2, 2, _parity_sharded, cfg, STEPS, sharding)
     ours = {t: w for r in results.values() for t, w in r["ours"].items()}
     pieces = [(t, o, x) for r in results.values() for t, ps in r["theirs"].items() for o, x in ps]

@@ -34,7 +34,7 @@ def test_train_writes_summary_and_checkpoint_that_eval_reads(tmp_path):
         [
             "train",
             "--config",
-            "configs/synthetic_dmt_dcn.toml",
+            "dmt/configs/synthetic_dmt_dcn.toml",
             "--set",
             "train.steps=30",
             "train.batch_size=64",
@@ -56,7 +56,7 @@ def test_train_writes_summary_and_checkpoint_that_eval_reads(tmp_path):
     assert ev["auc"] == pytest.approx(s["auc"], abs=1e-9) and ev["step"] == 30
 
 
-@pytest.mark.parametrize("path", ["configs/synthetic_dlrm.toml", "configs/synthetic_dmt_dlrm.toml"])
+@pytest.mark.parametrize("path", ["dmt/configs/synthetic_dlrm.toml", "dmt/configs/synthetic_dmt_dlrm.toml"])
 def test_short_training_learns_interactions(tmp_path, path):
     """800 steps already beat the best model without feature interactions (logistic regression ~0.70)."""
     cfg = load_config(path, ["train.steps=800", "data.synthetic.eval_samples=16384", "train.progress=false"])
@@ -68,7 +68,7 @@ def test_short_training_learns_interactions(tmp_path, path):
 
 def test_data_describe_reports_the_planted_truth(tmp_path):
     out = tmp_path / "describe.json"
-    assert main(["data", "describe", "--config", "configs/synthetic_dlrm.toml", "--out", str(out)]) == 0
+    assert main(["data", "describe", "--config", "dmt/configs/synthetic_dlrm.toml", "--out", str(out)]) == 0
     d = json.loads(out.read_text())
     assert len(d["features"]) == 24 and {"name", "cardinality", "pooling_factor"} <= d["features"][0].keys()
     assert sorted(len(g) for g in d["planted_groups"]) == [4, 4, 8, 8]
@@ -78,7 +78,7 @@ def test_data_describe_reports_the_planted_truth(tmp_path):
 
 def test_run_leaves_metrics_tensorboard_and_curves(tmp_path):
     cfg = load_config(
-        "configs/synthetic_dlrm.toml",
+        "dmt/configs/synthetic_dlrm.toml",
         [
             "train.steps=40",
             "train.log_every=10",

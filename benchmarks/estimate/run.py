@@ -16,7 +16,7 @@ from dmt.cli import main as dmt
 
 HERE = Path(__file__).parent
 CHART = HERE.parents[1] / "docs" / "estimate_h100_paper_dlrm.png"
-ARGS = ["--preset", "h100", "--hosts", "8", "--ranks-per-host", "8", "--config", "configs/paper_dlrm.toml"]
+ARGS = ["--preset", "h100", "--hosts", "8", "--ranks-per-host", "8", "--config", "dmt/configs/paper_dlrm.toml"]
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from dmt.partition.interaction import data_interactions
 from dmt.train.loop import train
 
 HERE = Path(__file__).parent
-CONFIG = "configs/synthetic_dmt_dlrm.toml"
+CONFIG = "dmt/configs/synthetic_dmt_dlrm.toml"
 TRAINED = ("tp", "sequential", "random")
 PARTITION_ONLY = ("greedy",)
 

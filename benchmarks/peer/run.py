@@ -107,7 +107,7 @@ def write(result: dict, load: str) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="configs/demo.toml")
+    p.add_argument("--config", default="dmt/configs/demo.toml")
     p.add_argument("--mbit", type=float, default=100.0)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--load-note", default="", help="a sentence on other load on the machine during the run")

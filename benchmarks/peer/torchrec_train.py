@@ -33,10 +33,10 @@ from dmt.distributed.topology import Topology
 from dmt.errors import UserError
 from dmt.interop.torchrec import SHARDINGS, TorchRecModel, shard, to_kjt
 from dmt.models.build import build_model
+from dmt.timing import PhaseTimer
 from dmt.train.loop import step_stats
 from dmt.train.metrics import click_metrics
 from dmt.train.optim import dense_optimizer
-from dmt.train.timing import PhaseTimer
 
 
 def build(cfg: Config, topo: Topology, sharding: str) -> tuple:

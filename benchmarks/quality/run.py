@@ -30,7 +30,7 @@ def main() -> None:
                 "dmt",
                 "train",
                 "--config",
-                f"configs/{name}.toml",
+                f"dmt/configs/{name}.toml",
                 "--set",
                 "train.progress=false",
                 "--out",

@@ -1,7 +1,7 @@
 """Soak: resident memory of a long one-process run must not creep (issue: < 10% growth from step
 1,000 to step 10,000).
 
-    .venv/bin/python -m benchmarks.soak.run [--config configs/synthetic_dmt_dlrm.toml] [--steps 10000]
+    .venv/bin/python -m benchmarks.soak.run [--config dmt/configs/synthetic_dmt_dlrm.toml] [--steps 10000]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def rss_mib() -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--config", default="configs/synthetic_dmt_dlrm.toml")
+    p.add_argument("--config", default="dmt/configs/synthetic_dmt_dlrm.toml")
     p.add_argument("--steps", type=int, default=10_000)
     p.add_argument("--batch-size", type=int, default=256)
     args = p.parse_args()

@@ -30,10 +30,10 @@ from dmt.cost.workload import (
     model_shape,
     tower_model_config,
 )
-from dmt.data.base import FeatureSpec
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
 from dmt.figures import save_figure
+from dmt.specs import FeatureSpec
 
 MODES = ("flat", "sptt", "sptt_tm")
 SCALING_GPUS = tuple(2**k for k in range(3, 13))  # 8 .. 4096

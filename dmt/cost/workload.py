@@ -19,8 +19,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmt.config import Config, DataConfig, ModelConfig
-from dmt.data.base import FeatureSpec
 from dmt.models.build import build_model, resolve_towers
+from dmt.specs import FeatureSpec
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dmt.config import DataConfig
-from dmt.data.base import DataSource, FeatureSpec
+from dmt.data.base import DataSource
+from dmt.specs import FeatureSpec
 
 __all__ = ["DataSource", "FeatureSpec", "make_source"]
 

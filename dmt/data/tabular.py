@@ -24,9 +24,10 @@ import numpy as np
 import torch
 
 from dmt.config import DataConfig
-from dmt.data.base import DataSource, FeatureSpec
+from dmt.data.base import DataSource
 from dmt.errors import UserError
 from dmt.sparse import Batch, KeyedJagged
+from dmt.specs import FeatureSpec
 
 SPLIT_KEY = 7_001  # seeds the train / validation / test split
 EPOCH_KEY = 7_002  # seeds the per-epoch shuffles

@@ -22,7 +22,7 @@ from dmt.distributed.sptt import sptt_forward
 from dmt.distributed.topology import Topology
 from dmt.models.base import MultiTowerModel
 from dmt.sparse import KeyedJagged
-from dmt.train.timing import PhaseTimer
+from dmt.timing import PhaseTimer
 
 
 class DistributedModel(nn.Module):

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from dmt.data.base import FeatureSpec
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
+from dmt.specs import FeatureSpec
 
 
 def lpt(costs: list[float], bins: int) -> list[int]:

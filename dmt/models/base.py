@@ -15,10 +15,10 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from dmt.data.base import FeatureSpec
 from dmt.modules.embedding import EmbeddingBagCollection
 from dmt.modules.tower import IdentityTower
 from dmt.sparse import KeyedJagged
+from dmt.specs import FeatureSpec
 
 
 class MultiTowerModel(nn.Module):

@@ -7,11 +7,11 @@ from collections.abc import Collection
 from pathlib import Path
 
 from dmt.config import ModelConfig
-from dmt.data.base import FeatureSpec
 from dmt.errors import UserError
 from dmt.models.base import MultiTowerModel
 from dmt.models.dcn import DCN
 from dmt.models.dlrm import DLRM
+from dmt.specs import FeatureSpec
 
 
 def read_towers_file(path: str) -> list[list[str]]:

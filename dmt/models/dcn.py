@@ -12,10 +12,10 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from dmt.data.base import FeatureSpec
 from dmt.models.base import MultiTowerModel
 from dmt.modules.dense import MLP, CrossNetwork
 from dmt.modules.tower import CrossCompressTower, IdentityTower
+from dmt.specs import FeatureSpec
 
 
 class DCN(MultiTowerModel):

@@ -14,8 +14,8 @@ from collections.abc import Collection
 import torch
 from torch import Tensor, nn
 
-from dmt.data.base import FeatureSpec
 from dmt.sparse import KeyedJagged
+from dmt.specs import FeatureSpec
 
 
 class EmbeddingBagCollection(nn.Module):

@@ -14,8 +14,8 @@ from collections import Counter
 
 import numpy as np
 
-from dmt.data.base import FeatureSpec
 from dmt.errors import UserError
+from dmt.specs import FeatureSpec
 
 COMPONENTS = ("pooled_width", "ids", "table_bytes")
 

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dmt.data.base import FeatureSpec
 from dmt.errors import UserError
 from dmt.partition import baselines
 from dmt.partition.costs import feature_costs, items_of, parse_cost
 from dmt.partition.embed import spectral_embedding
 from dmt.partition.interaction import normalise
 from dmt.partition.kmeans import constrained_kmeans, is_feasible, min_feasible_bound
+from dmt.specs import FeatureSpec
 
 METHODS = ("tp", "sequential", "random", "greedy")
 

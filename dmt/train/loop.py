@@ -33,12 +33,12 @@ from dmt.errors import UserError
 from dmt.models.base import MultiTowerModel
 from dmt.models.build import build_model
 from dmt.sparse import Batch
+from dmt.timing import PhaseTimer
 from dmt.train import checkpoint as ckpt
 from dmt.train.metrics import click_metrics
 from dmt.train.observe import RunLog
 from dmt.train.optim import dense_optimizer, embedding_optimizer
 from dmt.train.resources import link_counters, link_delta, peak_rss_bytes
-from dmt.train.timing import PhaseTimer
 
 
 @dataclass
