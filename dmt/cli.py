@@ -105,8 +105,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     cfg, state = load_file(args.checkpoint)
     t = build(cfg)
-    t.model.load_state_dict(model_weights(state))
-    result = {**evaluate(t, cfg.train.eval_batch_size), "step": int(state["step"]), "model": t.model.name}
+    t.model.module.load_state_dict(model_weights(state))
+    result = {**evaluate(t, cfg.train.eval_batch_size), "step": int(state["step"]), "model": t.model.module.name}
     result.update(t.source.optimal_metrics() or {})
     print(json.dumps(result, indent=2))
     if args.out:
@@ -135,7 +135,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from dmt.config import load_config
     from dmt.distributed.launch import launch
     from dmt.train.run import check_cluster
-    from dmt.verify import verify_rank
+    from dmt.verification import verify_rank
 
     cfg = load_config(args.config, args.set)
     if args.steps < 1:

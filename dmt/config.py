@@ -12,7 +12,7 @@ import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_type_hints
 
 import dacite
 
@@ -69,8 +69,11 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: Literal["dlrm", "dcn"] = "dlrm"
+    # "dlrm" | "dcn", or "package.module:Name": a callable Name(inputs: dmt.ModelInputs) -> dmt.MultiTowerModel
+    arch: str = "dlrm"
+    options: dict[str, Any] = field(default_factory=dict)  # free-form settings for a user's model builder
     embedding_dim: int = 16
+    embedding_dims: dict[str, int] = field(default_factory=dict)  # per-table widths, overriding embedding_dim
     pooling: Literal["sum", "mean"] = "mean"
     bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = field(default_factory=lambda: [128, 64])
@@ -147,28 +150,20 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
 
 
 def _check_unknown(tree: dict, cls: type, prefix: str = "") -> None:
+    """Every key must be a field of `cls`; a field whose type is a config dataclass is a section,
+    checked the same way (derived from the types, so that no section can skip the check)."""
     names = {f.name: f for f in dataclasses.fields(cls)}
+    types = get_type_hints(cls)
     for key, value in tree.items():
         if key not in names:
             raise UserError(
                 f"unknown config key '{prefix}{key}'; allowed in "
                 f"[{prefix.rstrip('.') or 'top level'}]: {', '.join(sorted(names))}"
             )
-        ftype = names[key].type
-        sub = _SECTIONS.get(ftype) if isinstance(ftype, str) else None
-        if sub is not None:
+        if dataclasses.is_dataclass(types[key]):
             if not isinstance(value, dict):
                 raise UserError(f"config key '{prefix}{key}' is a section, got {value!r}")
-            _check_unknown(value, sub, f"{prefix}{key}.")
-
-
-_SECTIONS: dict[str, type] = {
-    "DataConfig": DataConfig,
-    "ModelConfig": ModelConfig,
-    "TrainConfig": TrainConfig,
-    "DistConfig": DistConfig,
-    "SyntheticConfig": SyntheticConfig,
-}
+            _check_unknown(value, types[key], f"{prefix}{key}.")
 
 
 def config_from_dict(tree: dict) -> Config:
@@ -253,6 +248,8 @@ def validate(cfg: Config) -> None:
     _positive("train.dense_lr", t.dense_lr)
     _positive("train.eval_batch_size", t.eval_batch_size)
     _positive("model.embedding_dim", m.embedding_dim)
+    for table, dim in m.embedding_dims.items():
+        _positive(f"model.embedding_dims.{table}", dim)
     if m.compression_ratio < 1:
         raise UserError(f"model.compression_ratio must be >= 1, got {m.compression_ratio}")
     for r in m.tower_compression_ratios:

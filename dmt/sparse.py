@@ -109,6 +109,20 @@ class KeyedJagged:
         )
 
 
+def as_keyed_jagged(sparse) -> KeyedJagged:
+    """A KeyedJagged as is; a TorchRec KeyedJaggedTensor converted (the same tensors, no copy
+    of the ids: see dmt.interop.torchrec.from_kjt)."""
+    if isinstance(sparse, KeyedJagged):
+        return sparse
+    if callable(getattr(sparse, "keys", None)) and callable(getattr(sparse, "lengths", None)):
+        from dmt.interop.torchrec import from_kjt
+
+        return from_kjt(sparse)
+    raise TypeError(
+        f"sparse input must be a dmt KeyedJagged or a TorchRec KeyedJaggedTensor, got {type(sparse).__name__}"
+    )
+
+
 @dataclass
 class Batch:
     dense: Tensor  # float32 [B, num_dense]

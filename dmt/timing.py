@@ -1,12 +1,14 @@
 """Where a step's time goes: named phases timed on the host clock.
 
     timer = PhaseTimer()
-    with timer("lookup"):
+    with timer("backward"):
         ...
-    timer.totals  -> {"lookup": seconds, ...} since the last reset()
+        with timer("grad_sync"):   # a phase inside another is charged to itself alone:
+            ...                    # "backward" gets its own time minus "grad_sync"'s
+    timer.totals  -> {"backward": seconds, "grad_sync": seconds} since the last reset()
 
-On CUDA the timer synchronises the device at each phase boundary so that a phase owns its kernels
-(this costs a little overlap; switch it off with sync=False for production runs).
+With sync_cuda=True the timer synchronises the device at each phase boundary, so that a phase
+owns its kernels; that undoes overlap, so it is for profiling only (off by default).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ class PhaseTimer:
     def __init__(self, sync_cuda: bool = False) -> None:
         self.sync_cuda = sync_cuda and torch.cuda.is_available()
         self.totals: dict[str, float] = {}
+        self._inner: list[float] = []  # per open phase: seconds spent in phases opened inside it
 
     def reset(self) -> None:
         self.totals = {}
@@ -31,9 +34,14 @@ class PhaseTimer:
         if self.sync_cuda:
             torch.cuda.synchronize()
         start = time.perf_counter()
+        self._inner.append(0.0)
         try:
             yield
         finally:
             if self.sync_cuda:
                 torch.cuda.synchronize()
-            self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            inner = self._inner.pop()
+            self.totals[name] = self.totals.get(name, 0.0) + elapsed - inner
+            if self._inner:
+                self._inner[-1] += elapsed

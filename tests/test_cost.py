@@ -50,9 +50,9 @@ def _counters(cfg, topo, variants: list[str]) -> dict:
         batch = next(t.source.train_batches(c.train.batch_size, topo.rank, topo.layout.world))
         lengths = batch.sparse.lengths
         assert int(lengths.min()) == int(lengths.max()) == 1, "the synthetic lengths are not deterministic"
-        t.dm.counter.reset()
+        t.model.counter.reset()
         train_step(t, batch)
-        out[v] = t.dm.counter.snapshot()
+        out[v] = t.model.counter.snapshot()
     return out
 
 

@@ -11,7 +11,7 @@ import torch
 from dmt.config import load_config
 from dmt.distributed.topology import Topology
 from dmt.train.loop import build, train_step
-from dmt.verify import verify_rank
+from dmt.verification import verify_rank
 
 from .dist_helpers import run_ranks, small_config
 
@@ -53,13 +53,17 @@ def test_flat_baseline_model_equals_one_device():
 def _one_step_counters(cfg, topo: Topology) -> dict:
     """Counters of one training step, and the same bytes computed by hand from the plan and batch."""
     t = build(cfg, topo)
-    dm, plan, layout = t.dm, t.dm.plan, topo.layout
+    sm, plan, layout = t.model, t.model.plan, topo.layout
     batch = next(t.source.train_batches(cfg.train.batch_size, topo.rank, layout.world))
-    dm.counter.reset()
+    sm.counter.reset()
     train_step(t, batch)
-    got = dm.counter.snapshot()
+    got = sm.counter.snapshot()
 
-    b, d, id_bytes = batch.size, t.model.dim, torch.empty(0, dtype=plan.id_dtype).element_size()
+    b, d, id_bytes = (
+        batch.size,
+        t.model.module.embeddings.feature_dims[batch.sparse.keys[0]],
+        torch.empty(0, dtype=plan.id_dtype).element_size(),
+    )
     ids_of = dict(zip(batch.sparse.keys, batch.sparse.ids_per_key(), strict=True))
     me = topo.rank
 
@@ -75,10 +79,10 @@ def _one_step_counters(cfg, topo: Topology) -> dict:
                 # ids out, my pooled rows for r's samples out, gradient of r's pooled rows out
                 expect += ids_bytes(theirs) + 4 * b * d * len(mine) + 4 * b * d * len(theirs)
     else:
-        widths = {g: sum(t.model.tower_modules[i].out_features for i in plan.towers_on(g)) for g in range(layout.hosts)}
+        widths = {g: sum(t.model.module.tower_widths[i] for i in plan.towers_on(g)) for g in range(layout.hosts)}
         for g in range(layout.hosts):
             if g != topo.host:
-                feats = [f for i in plan.towers_on(g) for f in t.model.towers[i]]
+                feats = [f for i in plan.towers_on(g) for f in t.model.module.towers[i]]
                 # peer ids out, my towers' compressed rows for the peer's samples, gradient of g's rows
                 expect += ids_bytes(feats) + 4 * b * widths[topo.host] + 4 * b * widths[g]
     return {"counted": got["cross_host_bytes"], "expected": expect}

@@ -180,8 +180,8 @@ def test_dcn_source_reads_cross_weight_blocks():
     feats = features_with_pooling([1.0] * 4)
     model = DCN(feats, num_dense=3, towers=[[f.name for f in feats]], dim=2, bottom_mlp=None, cross_layers=1)
     with torch.no_grad():
-        model.cross.weights[0].zero_()
-        model.cross.weights[0][3 + 2 * 1 : 3 + 2 * 2, 3 + 2 * 3 : 3 + 2 * 4] = 1.0  # block (f1, f3)
+        model.head.cross.weights[0].zero_()
+        model.head.cross.weights[0][3 + 2 * 1 : 3 + 2 * 2, 3 + 2 * 3 : 3 + 2 * 4] = 1.0  # block (f1, f3)
     out = dcn_interactions(model, ["f3", "f2", "f1", "f0"])
     expected = np.zeros((4, 4))
     expected[0, 2] = expected[2, 0] = 1.0  # ||ones(2, 2)||_F = 2, symmetrised -> 1

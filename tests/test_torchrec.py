@@ -28,7 +28,7 @@ from dmt.interop.torchrec import (
     to_kjt,
 )
 from dmt.sparse import KeyedJagged
-from dmt.train.loop import build, forward_backward
+from dmt.train.loop import build, train_step
 
 from .dist_helpers import run_ranks, small_config
 
@@ -61,8 +61,8 @@ def test_one_device_model_equals_ours():
     """Mean pooling, two shared tables: the unsharded TorchRec stage pools exactly as ours."""
     t = build(small_config("dmt/configs/synthetic_dlrm.toml"), None)
     batch = next(t.source.train_batches(32))
-    trec = TorchRecModel(t.model)
-    assert len(trec.ebc.embedding_bags) < len(t.model.feature_names)  # shared tables survive
+    trec = TorchRecModel(t.model.module)
+    assert len(trec.ebc.embedding_bags) < len(t.model.module.feature_names)  # shared tables survive
     torch.testing.assert_close(trec(batch.dense, batch.sparse), t.model(batch.dense, batch.sparse), atol=1e-6, rtol=0)
 
 
@@ -76,12 +76,12 @@ def _parity(cfg, topo: Topology, steps: int, kernel: str) -> dict[str, float]:
     world, bs = topo.layout.world, cfg.train.batch_size
     ours = build(cfg, topo)  # flat: tables table-wise over all ranks, SGD on the tables
     ours.optimizers = [
-        torch.optim.SGD(ours.dm.embedding_parameters(), lr=cfg.train.embedding_lr),
-        torch.optim.SGD(ours.dm.dense_parameters(), lr=cfg.train.dense_lr),
+        torch.optim.SGD(ours.model.embedding_parameters(), lr=cfg.train.embedding_lr),
+        torch.optim.SGD(ours.model.dense_parameters(), lr=cfg.train.dense_lr),
     ]
-    start = {t: bag.weight.detach().clone() for t, bag in ours.model.embeddings.tables.items()}
-    trec = TorchRecModel(build(cfg, None).model)  # the same seed: the same initial weights
-    owner, per_host, lr = ours.dm.plan.table_owner, topo.layout.ranks_per_host, cfg.train.embedding_lr
+    start = {t: bag.weight.detach().clone() for t, bag in ours.model.module.embeddings.tables.items()}
+    trec = TorchRecModel(build(cfg, None).model.module)  # the same seed: the same initial weights
+    owner, per_host, lr = ours.model.plan.table_owner, topo.layout.ranks_per_host, cfg.train.embedding_lr
     dmp = shard_table_wise(trec, owner, per_host, lr, kernel)
     their_opts = [torch.optim.SGD(trec.dense_parameters(), lr=cfg.train.dense_lr)]
     if kernel == "dense":  # "fused" steps the tables inside backward
@@ -93,7 +93,7 @@ def _parity(cfg, topo: Topology, steps: int, kernel: str) -> dict[str, float]:
     for _ in range(steps):
         _step_side_by_side(ours, dmp, their_opts, next(stream), diffs)
     theirs = local_tables(dmp)
-    for t, bag in ours.model.embeddings.tables.items():
+    for t, bag in ours.model.module.embeddings.tables.items():
         diffs["tables"] = max(diffs["tables"], _max(bag.weight, theirs[t]))
         diffs["table_change"] = max(diffs["table_change"], _max(bag.weight, start[t]))
     diffs["dense"] = _dense_difference(ours, trec)
@@ -103,9 +103,7 @@ def _parity(cfg, topo: Topology, steps: int, kernel: str) -> dict[str, float]:
 def _step_side_by_side(ours, dmp, their_opts: list, batch, diffs: dict) -> None:
     """One training step of our model and of TorchRec's on `batch`; the largest logit and loss
     differences so far go into diffs."""
-    loss, logits = forward_backward(ours, batch)  # loss / W, summed dense gradients
-    for opt in ours.optimizers:
-        opt.step()
+    loss, logits = train_step(ours, batch)  # local mean loss, plain backward, optimizer steps
     their_logits = dmp(batch.dense, to_kjt(batch.sparse))
     their_loss = F.binary_cross_entropy_with_logits(their_logits, batch.labels)
     for opt in their_opts:
@@ -114,14 +112,14 @@ def _step_side_by_side(ours, dmp, their_opts: list, batch, diffs: dict) -> None:
     for opt in their_opts:
         opt.step()
     diffs["logits"] = max(diffs["logits"], _max(logits, their_logits))
-    diffs["loss"] = max(diffs["loss"], abs(loss - float(their_loss)))
+    diffs["loss"] = max(diffs["loss"], abs(float(loss) - float(their_loss)))
 
 
 def _dense_difference(ours, trec) -> float:
     """Largest difference between our dense parameters and TorchRec's copy of the same model."""
     theirs = dict(trec.model.named_parameters())
     return max(
-        (_max(p, theirs[n]) for n, p in ours.model.named_parameters() if not n.startswith("embeddings.")),
+        (_max(p, theirs[n]) for n, p in ours.model.module.named_parameters() if not n.startswith("embeddings.")),
         default=0.0,
     )
 
@@ -142,17 +140,21 @@ def _parity_sharded(cfg, topo: Topology, steps: int, sharding: str) -> dict:
     Adagrad, side by side. -> largest differences here, and both sides' table pieces for the parent."""
     os.environ["LOCAL_WORLD_SIZE"] = str(topo.layout.ranks_per_host)  # TorchRec's ranks per host
     ours = build(cfg, topo)
-    trec = TorchRecModel(build(cfg, None).model)
+    trec = TorchRecModel(build(cfg, None).model.module)
     their_opts = [torch.optim.SGD(trec.dense_parameters(), lr=cfg.train.dense_lr)]
-    ours.optimizers[-1] = torch.optim.SGD(ours.dm.dense_parameters(), lr=cfg.train.dense_lr)
-    owner, per_host = ours.dm.plan.table_owner, topo.layout.ranks_per_host
+    ours.optimizers[-1] = torch.optim.SGD(ours.model.dense_parameters(), lr=cfg.train.dense_lr)
+    owner, per_host = ours.model.plan.table_owner, topo.layout.ranks_per_host
     dmp = shard(trec, sharding, owner, per_host, cfg.train.embedding_lr, optimizer="rowwise_adagrad")
     diffs = {"logits": 0.0, "loss": 0.0, "dense": 0.0}
     stream = ours.source.train_batches(cfg.train.batch_size, topo.rank, topo.layout.world)
     for _ in range(steps):
         _step_side_by_side(ours, dmp, their_opts, next(stream), diffs)
     diffs["dense"] = _dense_difference(ours, trec)
-    held = {t: bag.weight.detach().clone() for t, bag in ours.model.embeddings.tables.items() if owner[t] == topo.rank}
+    held = {
+        t: bag.weight.detach().clone()
+        for t, bag in ours.model.module.embeddings.tables.items()
+        if owner[t] == topo.rank
+    }
     theirs = {t: [(o, x.detach().clone()) for o, x in pieces] for t, pieces in local_shards(dmp).items()}
     return {"diffs": diffs, "ours": held, "theirs": theirs}
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from dmt.config import Config, load_config
 from dmt.data import make_source
 from dmt.distributed.launch import run_rank
-from dmt.distributed.plan import plan_flat
+from dmt.distributed.plan import plan
 from dmt.distributed.topology import Topology
 from dmt.errors import UserError
 from dmt.interop.torchrec import SHARDINGS, TorchRecModel, shard, to_kjt
@@ -46,7 +46,7 @@ def build(cfg: Config, topo: Topology, sharding: str) -> tuple:
     source = make_source(cfg.data)
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, source.features, source.num_dense)
-    owner = plan_flat(source.features, model.dim, topo.layout).table_owner
+    owner = plan(model, topo.layout, "flat").table_owner
     trec = TorchRecModel(model)
     lr, opt = cfg.train.embedding_lr, cfg.train.embedding_optimizer
     dmp = shard(trec, sharding, owner, topo.layout.ranks_per_host, lr, optimizer=opt)

@@ -25,7 +25,7 @@ SPTT, rank (h, l), R = H * B samples per rail:
     (4) "intra", q = "intra_pooled", B_s = R, w_j = n_j * d
     (6) "peer", q = "peer_pooled", B_s = B, w_g = sum of host g's Tower Module output widths
 
-Dense gradient all-reduce (dmt/distributed/model.py `sync_gradients`), payload 4 bytes per
+Dense gradient all-reduce (dmt/distributed/gradsync.py, one bucket per group), payload 4 bytes per
 parameter: flat: head + every Tower Module over the world; SPTT: head over the world, host h's
 Tower Modules over its L ranks; a group of one rank adds nothing.
 """
@@ -319,10 +319,11 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
 def make_plan(mode: str, workload: Workload, layout: Layout) -> ShardingPlan:
     """The placement a run would use: `plan_flat` for "flat", `plan_sptt` for the SPTT modes."""
     features = list(workload.features)
+    widths = {f.name: workload.dim for f in features}
     if mode == "flat":
-        return plan_flat(features, workload.dim, layout)
+        return plan_flat(features, widths, layout)
     return plan_sptt(
-        features, [list(t) for t in workload.shape.towers], workload.dim, layout, list(workload.shape.tower_widths)
+        features, [list(t) for t in workload.shape.towers], widths, layout, list(workload.shape.tower_widths)
     )
 
 

@@ -91,3 +91,13 @@ def return_rows(
     recv = [batch * w for w in widths]
     got = ex.rows(rows.reshape(-1), send, recv, phase)
     return [chunk.view(batch, w) for chunk, w in zip(got.split(recv), widths, strict=True)]
+
+
+def split_by_feature(blocks: list[Tensor], served: list[list[str]], widths: dict[str, int]) -> dict[str, Tensor]:
+    """blocks[j] [B, sum of served[j]'s widths], as `return_rows` gives them -> {feature: [B, d_f]}.
+    A member serving nothing returned [B, 0]."""
+    out: dict[str, Tensor] = {}
+    for feats, block in zip(served, blocks, strict=True):
+        if feats:
+            out.update(zip(feats, block.split([widths[f] for f in feats], dim=1), strict=True))
+    return out

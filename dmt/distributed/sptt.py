@@ -18,6 +18,11 @@ B samples per rank. Example H = 2, L = 2, towers A (host 0) and B (host 1):
 
 The backward pass mirrors (6), (5), (4) and (3) through autograd. With identity Tower Modules the
 head sees exactly the flat baseline's inputs: placement and schedule change, the math does not.
+
+Gradients: what flows back into (6) is divided by H and what flows back into (4) by L, so that
+a table owner sums the global batch's mean-loss gradient (1/W of the sum over all ranks' local
+mean losses), and a Tower Module's gradient, averaged over the L ranks of its host, is its
+global-batch gradient; the head averages over all W ranks (dmt/distributed/gradsync.py).
 """
 
 from __future__ import annotations
@@ -25,47 +30,45 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dmt.distributed.ids import return_rows, send_ids
+from dmt.distributed.gradsync import scale_grad
+from dmt.distributed.ids import return_rows, send_ids, split_by_feature
 from dmt.sparse import KeyedJagged
 
 
-def sptt_forward(dm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
-    """dm: DistributedModel in SPTT mode. dense [B, num_dense], sparse (B samples) -> logits [B]."""
-    model, plan, layout, d = dm.model, dm.plan, dm.plan.layout, dm.model.dim
-    host = layout.host_of(dm.rank)
+def sptt_forward(sm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
+    """sm: ShardedModel in SPTT mode. dense [B, num_dense], sparse (B samples) -> logits [B]."""
+    model, plan, layout, widths = sm.module, sm.plan, sm.plan.layout, sm.widths
+    host = layout.host_of(sm.rank)
     host_features = [[f for t in plan.towers_on(g) for f in model.towers[t]] for g in range(layout.hosts)]
 
-    timer = dm.timer
+    timer = sm.timer
     served = [plan.features_served_by(r) for r in layout.host_ranks(host)]
     with timer("input_exchange"):
         # (1) peer id all-to-all: my ids of host g's towers go to (g, my local index)
-        rail_ids, rail_sizes = send_ids(dm.peer_ex, sparse, host_features, "peer_ids", plan.id_dtype)  # H*B samples
+        rail_ids, rail_sizes = send_ids(sm.peer_ex, sparse, host_features, "peer_ids", plan.id_dtype)  # H*B samples
         # (2) intra-host id all-to-all: to the rank of my host that owns each table
-        own_ids, own_sizes = send_ids(dm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
+        own_ids, own_sizes = send_ids(sm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
     with timer("lookup"):
         # (3) lookup and pooling of the tables I own
-        pooled = dm.pool(own_ids)  # [L*H*B, n_me * d]
+        pooled = sm.pool(own_ids)  # [L*H*B, sum of my features' widths]
     with timer("output_exchange"):
         # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples
-        served_widths = [len(s) * d for s in served]
-        rows = return_rows(dm.intra_ex, pooled, own_sizes, served_widths, rail_ids.batch_size, "intra_pooled")
-    per_feature = {}
-    for feats, block in zip(served, rows, strict=True):
-        if feats:  # an owner serving nothing returns [B, 0]
-            per_feature.update(zip(feats, block.split(d, dim=1), strict=True))
+        served_widths = [sum(widths[f] for f in s) for s in served]
+        rows = return_rows(sm.intra_ex, pooled, own_sizes, served_widths, rail_ids.batch_size, "intra_pooled")
+    per_feature = split_by_feature([scale_grad(r, 1 / layout.ranks_per_host) for r in rows], served, widths)
     with timer("tower_module"):
-        # (5) Tower Modules of my host's towers: [H*B, n_t * d] -> [H*B, D'_t]
+        # (5) Tower Modules of my host's towers: [H*B, D_t] -> [H*B, D'_t]
         mine = plan.towers_on(host)
         compressed = [model.tower_modules[t](model.tower_input(per_feature, t)) for t in mine]
         block = torch.cat(compressed, 1) if compressed else pooled.new_zeros(rail_ids.batch_size, 0)
     with timer("output_exchange"):
         # (6) peer pooled all-to-all: each peer gets its B rows of every tower
-        widths = [[model.tower_modules[t].out_features for t in plan.towers_on(g)] for g in range(layout.hosts)]
-        got = return_rows(dm.peer_ex, block, rail_sizes, [sum(w) for w in widths], sparse.batch_size, "peer_pooled")
+        out_widths = [[model.tower_widths[t] for t in plan.towers_on(g)] for g in range(layout.hosts)]
+        got = return_rows(sm.peer_ex, block, rail_sizes, [sum(w) for w in out_widths], sparse.batch_size, "peer_pooled")
     outputs: list[Tensor | None] = [None] * len(model.towers)
     for g, part in enumerate(got):
-        for t, out in zip(plan.towers_on(g), part.split(widths[g], dim=1), strict=True):
-            outputs[t] = out
+        for t, out in zip(plan.towers_on(g), part.split(out_widths[g], dim=1), strict=True):
+            outputs[t] = scale_grad(out, 1 / layout.hosts)
     with timer("dense_forward"):
         # (7) global interaction and top MLP
-        return dm.head(dense, outputs)
+        return model.head(dense, outputs)

@@ -5,15 +5,23 @@
     global group   all W ranks          flat all-to-alls
     dense group    all W ranks          the head's gradient all-reduce (its own group, so that
                                         it runs beside the embedding exchanges it overlaps)
-    intra-host     the L ranks of h     SPTT steps 2 and 4, Tower Module gradients
+    intra-host     the L ranks of h     SPTT steps 2 and 4
+    tower group    the L ranks of h     SPTT Tower Module gradients (beside step 4's backward)
     cross-host     the H ranks with l   SPTT steps 1 and 6 (a "rail": same local index)
 
-Groups are created collectively (every rank calls `Topology.create`) and passed explicitly.
+Groups are created collectively (every rank calls `Topology.create`) and passed explicitly. A
+world of one (`Topology.single()`) has no process group at all: one device, no collectives.
+
+    >>> topo = Topology.single()
+    >>> topo.layout.world, topo.all_gather_object("x"), topo.max_over_ranks(3)
+    (1, ['x'], 3)
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch.distributed as dist
 
@@ -71,6 +79,7 @@ class Topology:
     world_group: dist.ProcessGroup | None = None
     dense_group: dist.ProcessGroup | None = None
     intra_group: dist.ProcessGroup | None = None
+    tower_group: dist.ProcessGroup | None = None
     peer_group: dist.ProcessGroup | None = None
 
     @property
@@ -82,6 +91,11 @@ class Topology:
         return self.layout.local_of(self.rank)
 
     @staticmethod
+    def single() -> Topology:
+        """One rank on one device: no process group, every collective a no-op."""
+        return Topology(Layout(1, 1), 0)
+
+    @staticmethod
     def create(layout: Layout) -> Topology:
         """Collective: every rank of the default group must call it, in the same order."""
         rank, world = dist.get_rank(), dist.get_world_size()
@@ -89,11 +103,43 @@ class Topology:
             raise UserError(f"topology {layout.hosts}x{layout.ranks_per_host} needs {layout.world} ranks, have {world}")
         topo = Topology(layout, rank, world_group=dist.group.WORLD, dense_group=dist.new_group(list(range(world))))
         for h in range(layout.hosts):
-            g = dist.new_group(layout.host_ranks(h))
+            intra, tower = dist.new_group(layout.host_ranks(h)), dist.new_group(layout.host_ranks(h))
             if h == topo.host:
-                topo.intra_group = g
+                topo.intra_group, topo.tower_group = intra, tower
         for local in range(layout.ranks_per_host):
             g = dist.new_group(layout.peer_ranks(local))
             if local == topo.local:
                 topo.peer_group = g
         return topo
+
+    @staticmethod
+    def from_env(ranks_per_host: int | None = None) -> Topology:
+        """The topology of an initialised default process group (as under torchrun), hosts of
+        `ranks_per_host` ranks (default: the launcher's LOCAL_WORLD_SIZE); a world of one
+        when no process group is initialised. Collective."""
+        if not dist.is_initialized():
+            return Topology.single()
+        world = dist.get_world_size()
+        per_host = ranks_per_host or int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return Topology.create(Layout.for_world(world, per_host))
+
+    # ---- small collectives over all ranks, no-ops in a world of one --------------------------
+
+    @property
+    def distributed(self) -> bool:
+        return self.layout.world > 1
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's `obj`, by rank."""
+        if not self.distributed:
+            return [obj]
+        out: list[Any] = [None] * self.layout.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def max_over_ranks(self, value: int) -> int:
+        return max(self.all_gather_object(value))

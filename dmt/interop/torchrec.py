@@ -73,22 +73,21 @@ def torchrec_ebc(
     ebc: EmbeddingBagCollection, is_weighted: bool = False, device: torch.device | None = None
 ) -> torchrec.EmbeddingBagCollection:
     """A TorchRec EmbeddingBagCollection with our tables: one EmbeddingBagConfig per table (name,
-    rows, width `ebc.dim`), the features that read it as its feature_names, the same pooling
-    (SUM, or MEAN = sum / bag length) and a copy of the weights [rows, dim].
+    rows, width), the features that read it as its feature_names, the same pooling (SUM, or
+    MEAN = sum / bag length) and a copy of the weights [rows, width].
 
     Weighted MEAN pooling runs only sharded: the unsharded TorchRec module pools with
     torch.nn.EmbeddingBag, which takes per-sample weights in sum mode only.
     """
     trec = require_torchrec()
-    pooling = trec.PoolingType.MEAN if ebc.pooling == "mean" else trec.PoolingType.SUM
     readers = {t: names for t, names in ebc.table_features().items() if names}
     configs = [
         trec.EmbeddingBagConfig(
             name=table,
-            embedding_dim=ebc.dim,
-            num_embeddings=ebc.tables[table].num_embeddings,
+            embedding_dim=ebc.specs[table].embedding_dim,
+            num_embeddings=ebc.specs[table].num_embeddings,
             feature_names=list(names),
-            pooling=pooling,
+            pooling=trec.PoolingType.MEAN if ebc.specs[table].pooling == "mean" else trec.PoolingType.SUM,
         )
         for table, names in readers.items()
     ]

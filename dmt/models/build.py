@@ -1,17 +1,50 @@
-"""Config -> model: resolve the towers, pick the family, build it."""
+"""Config -> model: resolve the towers, find the builder `model.arch` names, build, check the contract.
+
+    model.arch = "dlrm" | "dcn"            the built-in families (dmt/models/dlrm.py, dcn.py)
+    model.arch = "mypkg.models:MyModel"    any importable callable MyModel(inputs: ModelInputs)
+                                           that returns a dmt.MultiTowerModel
+
+Every builder gets the same `ModelInputs`: the data's features and dense width, and the towers and
+compression ratios the config asks for (its own options in `model.options`). What it returns is
+checked against the contract before anything trains (`check_model`): one line says what does
+not fit.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
-from collections.abc import Collection
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+from torch import nn
 
 from dmt.config import ModelConfig
 from dmt.errors import UserError
-from dmt.models.base import MultiTowerModel
+from dmt.models.base import MultiTowerModel, check_towers
 from dmt.models.dcn import DCN
 from dmt.models.dlrm import DLRM
 from dmt.specs import FeatureSpec
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """What a model builder is given.
+
+    features: the data source's sparse features (the tables they read, rows, pooling factors).
+    num_dense: width of the dense input [B, num_dense].
+    towers: the towers the config names (model.towers, towers_file or num_towers), or None.
+    compression_ratios: one per tower (model.compression_ratio or tower_compression_ratios).
+    config: the whole [model] section; a user's own settings are in `config.options`.
+    """
+
+    features: list[FeatureSpec]
+    num_dense: int
+    towers: list[list[str]] | None
+    compression_ratios: list[float]
+    config: ModelConfig
 
 
 def read_towers_file(path: str) -> list[list[str]]:
@@ -48,19 +81,14 @@ def resolve_towers(cfg: ModelConfig, feature_names: list[str]) -> list[list[str]
             start = stop
     else:
         return [list(feature_names)]
-    seen: list[str] = [f for t in towers for f in t]
-    unknown = sorted(set(seen) - set(feature_names))
-    if unknown:
-        raise UserError(f"towers name unknown features {unknown}; features are {feature_names}")
-    dup = sorted({f for f in seen if seen.count(f) > 1})
-    if dup:
-        raise UserError(f"features {dup} appear in more than one tower")
-    missing = [f for f in feature_names if f not in seen]
-    if missing:
-        raise UserError(f"features {missing} are in no tower")
-    if any(not t for t in towers):
-        raise UserError("a tower is empty")
-    return [list(t) for t in towers]
+    try:
+        return check_towers([list(t) for t in towers], feature_names)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def has_towers(cfg: ModelConfig) -> bool:
+    return bool(cfg.towers or cfg.towers_file or cfg.num_towers > 0)
 
 
 def compression_ratios(cfg: ModelConfig, num_towers: int) -> list[float]:
@@ -73,43 +101,119 @@ def compression_ratios(cfg: ModelConfig, num_towers: int) -> list[float]:
     return [cfg.compression_ratio] * num_towers
 
 
-def build_model(
-    cfg: ModelConfig, features: list[FeatureSpec], num_dense: int, tables: Collection[str] | None = None
-) -> MultiTowerModel:
-    """Build on the current torch seed; two calls after the same torch.manual_seed are equal.
-    tables: the embedding tables to create (default all)."""
-    names = [f.name for f in features]
-    towers = resolve_towers(cfg, names)
-    flat = not (cfg.towers or cfg.towers_file or cfg.num_towers > 0)
-    tower_module = "identity" if flat else cfg.tower_module
-    ratios = compression_ratios(cfg, len(towers))
-    if cfg.arch == "dlrm":
-        return DLRM(
-            features,
-            num_dense,
-            towers,
-            dim=cfg.embedding_dim,
-            pooling=cfg.pooling,
-            bottom_mlp=cfg.bottom_mlp,
-            top_mlp=cfg.top_mlp,
-            tower_module=tower_module,
-            compression_ratios=ratios,
-            tower_hidden=cfg.tower_hidden,
-            tables=tables,
+def dlrm(inputs: ModelInputs) -> DLRM:
+    """The DLRM family from the config (flat when no towers are configured)."""
+    cfg = inputs.config
+    if cfg.embedding_dims and set(cfg.embedding_dims.values()) != {cfg.embedding_dim}:
+        raise UserError(
+            f"DLRM's dot interaction needs one embedding width; model.embedding_dims {cfg.embedding_dims} "
+            f"differ from model.embedding_dim={cfg.embedding_dim} (use arch 'dcn', or one width)"
         )
+    return DLRM(**_shared_arguments(inputs), top_mlp=cfg.top_mlp, tower_hidden=cfg.tower_hidden)
+
+
+def dcn(inputs: ModelInputs) -> DCN:
+    """The DCNv2 family from the config (flat when no towers are configured)."""
+    cfg = inputs.config
     return DCN(
-        features,
-        num_dense,
-        towers,
-        dim=cfg.embedding_dim,
-        pooling=cfg.pooling,
-        bottom_mlp=cfg.bottom_mlp,
+        **_shared_arguments(inputs),
         deep_mlp=cfg.deep_mlp,
         cross_layers=cfg.cross_layers,
         cross_rank=cfg.cross_rank,
         structure=cfg.structure,
-        tower_module=tower_module,
-        compression_ratios=ratios,
         tower_cross_layers=cfg.tower_cross_layers,
-        tables=tables,
+        dims=cfg.embedding_dims or None,
     )
+
+
+def _shared_arguments(inputs: ModelInputs) -> dict:
+    """The constructor arguments both families take. The flat model (no towers configured) has an
+    identity Tower Module whatever model.tower_module says."""
+    cfg = inputs.config
+    return {
+        "features": inputs.features,
+        "num_dense": inputs.num_dense,
+        "towers": inputs.towers,
+        "dim": cfg.embedding_dim,
+        "pooling": cfg.pooling,
+        "bottom_mlp": cfg.bottom_mlp,
+        "tower_module": cfg.tower_module if inputs.towers is not None else "identity",
+        "compression_ratios": inputs.compression_ratios,
+    }
+
+
+BUILT_IN: dict[str, Callable[[ModelInputs], MultiTowerModel]] = {"dlrm": dlrm, "dcn": dcn}
+
+
+def model_builder(arch: str) -> Callable[[ModelInputs], MultiTowerModel]:
+    """A built-in family by name, or "package.module:attribute" imported."""
+    if arch in BUILT_IN:
+        return BUILT_IN[arch]
+    module_name, _, attr = arch.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"model.arch must be one of {sorted(BUILT_IN)} or 'package.module:Name', got {arch!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise UserError(f"model.arch {arch!r}: cannot import {module_name} ({e})") from None
+    builder = getattr(module, attr, None)
+    if not callable(builder):
+        raise UserError(f"model.arch {arch!r}: {module_name} has no callable {attr}")
+    return builder
+
+
+def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -> MultiTowerModel:
+    """Build on the current torch seed; two calls after the same torch.manual_seed are equal.
+    Inside `dmt.deferred_tables()` the tables are left to be created where they live."""
+    names = [f.name for f in features]
+    towers = resolve_towers(cfg, names) if has_towers(cfg) else None
+    inputs = ModelInputs(list(features), num_dense, towers, compression_ratios(cfg, len(towers)) if towers else [], cfg)
+    builder = model_builder(cfg.arch)
+    try:
+        model = builder(inputs)
+    except UserError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UserError(f"model.arch {cfg.arch!r} could not build the model: {e}") from None
+    check_model(model, features, num_dense, cfg.arch)
+    return model
+
+
+def check_model(model: object, features: list[FeatureSpec], num_dense: int, arch: str = "the model") -> None:
+    """The contract dmt relies on, checked without tables: a MultiTowerModel over exactly the data's
+    features; Tower Modules that keep samples apart (no batch norm) and output their declared
+    widths; a head that maps [2, num_dense] and the tower outputs to [2] logits."""
+    where = f"model.arch {arch!r}"
+    if not isinstance(model, MultiTowerModel):
+        raise UserError(f"{where} built a {type(model).__name__}, not a dmt.MultiTowerModel (see docs/library.md)")
+    want = {(f.name, f.table, f.num_embeddings) for f in features}
+    got = {(f.name, f.table, f.num_embeddings) for f in model.embeddings.features}
+    if want != got:
+        raise UserError(
+            f"{where}: its embeddings read {sorted(got - want)[:3]} but the data has {sorted(want - got)[:3]}"
+            " (features, tables and rows must be the data's)"
+        )
+    for t, tm in enumerate(model.tower_modules):
+        norms = [type(m).__name__ for m in tm.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if norms:
+            raise UserError(f"{where}: Tower Module {t} uses {norms[0]}, which mixes samples; use LayerNorm")
+    param = next(iter(model.dense_parameters()), None)
+    device = param.device if param is not None else torch.device("cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = []
+            for t, tm in enumerate(model.tower_modules):
+                y = tm(torch.zeros(2, model.tower_in_widths[t], device=device))
+                if tuple(y.shape) != (2, model.tower_widths[t]):
+                    raise ValueError(f"Tower Module {t} returned {list(y.shape)}, not [2, {model.tower_widths[t]}]")
+                outputs.append(y)
+            logits = model.head(torch.zeros(2, num_dense, device=device), outputs)
+            if tuple(logits.shape) != (2,):
+                raise ValueError(f"the head returned {list(logits.shape)} for 2 samples, not [2] logits")
+    except Exception as e:  # noqa: BLE001 - any failure of the user's module is a contract violation
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{where} does not fit the contract: {first}") from None
+    finally:
+        model.train(was_training)

@@ -1,57 +1,55 @@
 """DLRM and DMT-DLRM: bottom MLP, dot interaction over embeddings, top MLP.
 
 Head input: the dense vector z = bottom_mlp(dense) [B, d] and K tower embeddings [B, K, d]
-(K = number of features for the flat model, sum_t ceil(n_t / CR_t) with Tower Modules).
-Top MLP input: [z, <v_i, v_j> for i < j over the K + 1 vectors] -> logit.
+(K = number of features for the flat model, sum_t k_t with Tower Modules that output k_t
+embeddings of width d). Top MLP input: [z, <v_i, v_j> for i < j over the K + 1 vectors] -> logit.
+The dot interaction needs one width: every table and every tower output is d wide.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
 import torch
 from torch import Tensor, nn
 
-from dmt.models.base import MultiTowerModel
+from dmt.models.base import MultiTowerModel, build_tower_modules
 from dmt.modules.dense import MLP, pair_index, pairwise_dots
-from dmt.modules.tower import DotCompressTower, IdentityTower
+from dmt.modules.embedding import EmbeddingBagCollection
+from dmt.modules.tower import DotCompressTower
 from dmt.specs import FeatureSpec
 
 
-class DLRM(MultiTowerModel):
-    family = "dlrm"
+class DLRMHead(nn.Module):
+    """dense [B, num_dense], tower outputs [B, k_t * d] -> logits [B].
+
+    >>> head = DLRMHead(num_dense=3, dim=4, tower_widths=[8, 4], bottom_mlp=[4], top_mlp=[16])
+    >>> head.num_vectors  # z and 2 + 1 tower vectors
+    4
+    >>> head(torch.zeros(5, 3), [torch.zeros(5, 8), torch.zeros(5, 4)]).shape
+    torch.Size([5])
+    """
 
     def __init__(
         self,
-        features: list[FeatureSpec],
         num_dense: int,
-        towers: list[list[str]],
-        dim: int = 16,
-        pooling: str = "mean",
+        dim: int,
+        tower_widths: list[int],
         bottom_mlp: list[int] | None = None,
         top_mlp: list[int] | None = None,
-        tower_module: str = "identity",
-        compression_ratios: list[float] | None = None,
-        tower_hidden: int = 64,
-        tables: Collection[str] | None = None,
     ) -> None:
-        super().__init__(features, towers, dim, pooling, tables)
-        ratios = compression_ratios or [1.0] * len(towers)
-        for tower, cr in zip(self.towers, ratios, strict=True):
-            if tower_module == "identity":
-                self.tower_modules.append(IdentityTower(len(tower) * dim))
-            else:
-                self.tower_modules.append(DotCompressTower(len(tower), dim, cr, tower_hidden))
+        super().__init__()
+        bad = [w for w in tower_widths if w % dim]
+        if bad:
+            raise ValueError(f"DLRM's dot interaction needs tower outputs in multiples of d={dim}, got widths {bad}")
+        self.dim = dim
         self.has_dense = num_dense > 0
         self.bottom = MLP(num_dense, bottom_mlp or [dim]) if self.has_dense else None
         if self.bottom is not None and self.bottom.out_features != dim:
             raise ValueError(f"bottom MLP must end in the embedding dim {dim}")
-        self.num_vectors = sum(tm.out_features // dim for tm in self.tower_modules) + int(self.has_dense)
+        self.num_vectors = sum(w // dim for w in tower_widths) + int(self.has_dense)
         pairs = self.num_vectors * (self.num_vectors - 1) // 2
         self.top = MLP(dim * int(self.has_dense) + pairs, [*(top_mlp or []), 1], last_activation=False)
 
-    def head(self, dense: Tensor, tower_outputs: list[Tensor]) -> Tensor:
-        """dense [B, num_dense], tower outputs [B, k_t * d] -> logits [B]."""
+    def forward(self, dense: Tensor, tower_outputs: list[Tensor]) -> Tensor:
         b = tower_outputs[0].shape[0]
         vectors = [o.view(b, -1, self.dim) for o in tower_outputs]
         inputs = []
@@ -62,7 +60,9 @@ class DLRM(MultiTowerModel):
         inputs.append(pairwise_dots(torch.cat(vectors, 1)))
         return self.top(torch.cat(inputs, 1)).squeeze(1)
 
-    def _permute_head(self, flat_index: list[int]) -> None:
+    def permute_features(self, flat_index: list[int], widths: list[int]) -> None:
+        """Re-express the head for inputs whose feature vector i is the old vector flat_index[i]
+        (widths: unused, every vector is d wide)."""
         shift = int(self.has_dense)  # vector 0 is the dense vector
         vec = list(range(shift)) + [i + shift for i in flat_index]
         pairs = pair_index(self.num_vectors)  # the same pair layout in both models, over permuted vectors
@@ -73,3 +73,35 @@ class DLRM(MultiTowerModel):
         first: nn.Linear = self.top[0]
         with torch.no_grad():
             first.weight.copy_(first.weight[:, cols])
+
+
+class DLRM(MultiTowerModel):
+    """DLRM (towers None: the flat model) or DMT-DLRM: tables of width `dim`, Tower Modules
+    "identity" or "compress" (DotCompressTower: n_t embeddings -> ceil(n_t / CR_t))."""
+
+    family = "dlrm"
+
+    def __init__(
+        self,
+        features: list[FeatureSpec],
+        num_dense: int,
+        towers: list[list[str]] | None = None,
+        dim: int = 16,
+        pooling: str = "mean",
+        bottom_mlp: list[int] | None = None,
+        top_mlp: list[int] | None = None,
+        tower_module: str = "identity",
+        compression_ratios: list[float] | None = None,
+        tower_hidden: int = 64,
+    ) -> None:
+        embeddings = EmbeddingBagCollection.from_features(features, dim, pooling)
+        towers = towers or [[f.name for f in features]]
+        tower_modules = build_tower_modules(
+            towers,
+            [len(t) * dim for t in towers],
+            tower_module,
+            compression_ratios,
+            lambda tower, width, cr: DotCompressTower(len(tower), dim, cr, tower_hidden),
+        )
+        head = DLRMHead(num_dense, dim, [tm.out_features for tm in tower_modules], bottom_mlp, top_mlp)
+        super().__init__(embeddings, head, towers, tower_modules)

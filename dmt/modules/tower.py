@@ -1,8 +1,12 @@
-"""Tower Modules: per-sample dense modules that compress one tower's embeddings (DESIGN 1, TM).
+"""Tower Modules: per-sample dense modules that compress one tower's embeddings before they
+leave the tower's host (docs/design.md, "Tower Modules").
 
-Every Tower Module maps a tower's concatenated pooled embeddings [B, n_t * d] to
-[B, out_features]. None mixes samples (no batch statistics), so running it on any split of the
-batch, on any rank, gives the same rows.
+The contract (any nn.Module may be a Tower Module): it maps the tower's concatenated pooled
+embeddings [B, D_t] (D_t = the sum of the tower's feature widths, in the tower's feature order)
+to [B, out_features], and it never mixes samples (no batch statistics such as BatchNorm), so
+that running it on any split of the batch, on any rank, gives the same rows. `out_features` may
+be an attribute; otherwise dmt reads it from one dry run. The compression ratio of a tower is
+D_t / out_features.
 """
 
 from __future__ import annotations

@@ -162,19 +162,19 @@ def dlrm_interactions(model: DLRM, batch: Batch) -> np.ndarray:
         pooled = model.embeddings(batch.sparse)
         vectors = [pooled[f] for f in model.feature_order()]  # head order
         lead = []
-        if model.bottom is not None:
-            z = model.bottom(batch.dense)
+        if model.head.bottom is not None:
+            z = model.head.bottom(batch.dense)
             vectors.insert(0, z)
             lead.append(z)
         dots = pairwise_dots(torch.stack(vectors, 1))  # [B, P]
     dots.requires_grad_(True)
     with torch.enable_grad():
-        logits = model.top(torch.cat([*lead, dots], 1)).squeeze(1)
+        logits = model.head.top(torch.cat([*lead, dots], 1)).squeeze(1)
         (grad,) = torch.autograd.grad(logits.sum(), dots)
     centred = dots.detach().double() - dots.detach().double().mean(0)
     attribution = (grad.double() * centred).abs().mean(0)  # [P]
-    shift = int(model.has_dense)
-    columns = pair_index(model.num_vectors)
+    shift = int(model.head.has_dense)
+    columns = pair_index(model.head.num_vectors)
     num = len(names)
     out = np.zeros((num, num))
     for a in range(num):
@@ -187,22 +187,27 @@ def dlrm_interactions(model: DLRM, batch: Batch) -> np.ndarray:
 @torch.no_grad()
 def dcn_interactions(model: DCN, names: list[str]) -> np.ndarray:
     """Flat DCN: sum over cross layers of ||W_l[block i, block j]||_F, symmetrised -> [F, F] in
-    `names` order. x0 = [dense part (model.dense_width), then each feature's d columns in
+    `names` order. x0 = [dense part (head.dense_width), then each feature's d_f columns in
     model.feature_order()]; a low-rank layer's W is U V^T."""
     if not model.is_flat:
         raise UserError("the dcn interaction source needs a flat DCN checkpoint (no towers)")
-    cross = model.cross
+    cross = model.head.cross
     layers = len(cross.biases)
     if layers == 0:
         raise UserError("the dcn interaction source needs a checkpoint with cross layers (model.cross_layers > 0)")
-    d, lead, num = model.dim, model.dense_width, len(names)
+    num = len(names)
     head = _loaded_feature_index(model, names)
+    dims = model.embeddings.feature_dims
+    bounds = np.cumsum([model.head.dense_width] + [dims[f] for f in model.feature_order()])
+    spans = [(int(bounds[i]), int(bounds[i + 1])) for i in range(len(bounds) - 1)]  # head order
     out = np.zeros((num, num))
     for layer in range(layers):
-        w = cross.weights[layer] if cross.rank == 0 else cross.u[layer] @ cross.v[layer].T  # [D, D]
-        blocks = w[lead:, lead:].double().reshape(len(head), d, len(head), d).pow(2).sum((1, 3)).sqrt()
-        idx = torch.tensor(head)
-        out += blocks[idx][:, idx].numpy()
+        w = (cross.weights[layer] if cross.rank == 0 else cross.u[layer] @ cross.v[layer].T).double()  # [D, D]
+        for a in range(num):
+            (ra, rb) = spans[head[a]]
+            for b in range(num):
+                (ca, cb) = spans[head[b]]
+                out[a, b] += float(w[ra:rb, ca:cb].pow(2).sum().sqrt())
     out = 0.5 * (out + out.T)
     np.fill_diagonal(out, 0.0)
     return out

@@ -6,6 +6,9 @@ Both hold the same flat mapping, so a sharded checkpoint exports to a one-device
     "optim/<parameter name>/<state>"   tensor   (row-wise Adagrad sums, Adam moments and steps)
     "step"                             tensor
 
+`save` and `resume` pick the form from the topology: a world of one writes DIR/model.pt; a
+sharded run writes DIR/checkpoint and, at the end, exports the merged DIR/model.pt.
+
 Nothing is ever half-written: a file is written under a temporary name and renamed into place;
 a DCP directory is written beside the live one and swapped in after every rank has finished.
 """
@@ -161,3 +164,35 @@ def export_sharded(location: Path, out_dir: Path) -> Path:
     state = torch.load(tmp, map_location="cpu", weights_only=True)
     tmp.unlink()
     return save_file(out_dir, cfg, state)
+
+
+def save(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out: Path, step: int, final: bool = False):
+    """Collective. model: a ShardedModel; its `module` holds this rank's part under one-device names.
+    final: also export a sharded run to the one-device DIR/model.pt."""
+    module = model.module
+    state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step)
+    if not topo.distributed:
+        save_file(out, cfg, state)
+        return
+    save_sharded(out, cfg, state)
+    if final and topo.rank == 0:
+        export_sharded(out / SHARDS, out)
+
+
+def resume(model, optimizers: list[torch.optim.Optimizer], topo, out: Path) -> int:
+    """Collective. Load the latest checkpoint in `out` into the model and optimizers, if there is
+    one. -> the step to start from (0 without a checkpoint)."""
+    module = model.module
+    named = list(module.named_parameters())
+    held = set(module.state_dict())
+    if not topo.distributed:
+        if not (out / FILE).exists():
+            return 0
+        _, state = load_file(out)
+        return restore(state, module, held, named, optimizers)
+    location = sharded_location(out)
+    if location is None:
+        return 0
+    wanted = [f"model/{n}" for n in sorted(held)] + ["step"]
+    state = load_sharded(location, wanted, prefixes=tuple(f"optim/{n}/" for n, _ in named))
+    return restore(state, module, held, named, optimizers)

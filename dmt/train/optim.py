@@ -51,3 +51,16 @@ def dense_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
     if cfg.dense_optimizer == "adam":
         return torch.optim.Adam(params, lr=cfg.dense_lr)
     return torch.optim.Adagrad(params, lr=cfg.dense_lr)
+
+
+def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
+    """The embedding optimizer over `model.embedding_parameters()` and the dense one over
+    `model.dense_parameters()` (a MultiTowerModel or a ShardedModel); none for an empty group
+    (a rank may own no table)."""
+    optimizers = []
+    emb, dense = model.embedding_parameters(), model.dense_parameters()
+    if emb:
+        optimizers.append(embedding_optimizer(emb, cfg))
+    if dense:
+        optimizers.append(dense_optimizer(dense, cfg))
+    return optimizers

@@ -7,23 +7,26 @@ from pathlib import Path
 
 from dmt.config import Config
 from dmt.distributed.launch import launch, run_rank, under_launcher
-from dmt.distributed.plan import plan_flat, plan_sptt
 from dmt.distributed.topology import Layout, Topology
 from dmt.errors import UserError
 
 
 def check_cluster(cfg: Config, world: int, ranks_per_host: int) -> Layout:
-    """Fail early, in the parent, on a topology or placement that cannot work."""
+    """Fail early, in the parent, on a model, topology or placement that cannot work: the model is
+    built (tables deferred, dense layers on the meta device), checked against the contract and
+    placed, so that a mistake is one line before any rank starts."""
+    import torch
+
     from dmt.data import make_source
-    from dmt.models.build import resolve_towers
+    from dmt.distributed.plan import plan
+    from dmt.models.build import build_model
+    from dmt.modules.embedding import deferred_tables
 
     layout = Layout.for_world(world, ranks_per_host or world)
     source = make_source(cfg.data)
-    towers = resolve_towers(cfg.model, [f.name for f in source.features])
-    if cfg.dist.mode == "sptt":
-        plan_sptt(source.features, towers, cfg.model.embedding_dim, layout)
-    else:
-        plan_flat(source.features, cfg.model.embedding_dim, layout)
+    with deferred_tables(), torch.device("meta"):
+        model = build_model(cfg.model, source.features, source.num_dense)
+    plan(model, layout, cfg.dist.mode)
     return layout
 
 

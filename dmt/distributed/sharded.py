@@ -1,0 +1,149 @@
+"""A one-device model, sharded: `dmt.shard(model, topology, mode)` -> an nn.Module that trains like it.
+
+    what rank r = (h, l) keeps of the MultiTowerModel
+                         flat                                sptt
+    embedding tables     the tables the plan gives r         the same (tables of host h's towers)
+    Tower Modules        all, data-parallel over W           host h's towers, shared by its L ranks
+    head                 a replica, data-parallel over W     a replica, data-parallel over W
+
+`forward(dense, sparse)` runs the flat (flat.py) or SPTT (sptt.py) dataflow on the rank's local
+batch and returns its logits [B]; a plain `loss.backward()` then leaves on every parameter the rank
+holds the gradient of the global batch's mean loss (gradsync.py), so the optimizers' `step()` train
+exactly as the one-device model would on the global batch (`dmt verify`). In a world of one the
+wrapper is the model itself plus counters: the same training loop serves every topology.
+
+`module` is the one-device model, trimmed to what this rank holds: its parameter names are the
+one-device names, so its state_dict is this rank's part of the one-device state_dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from dmt.distributed.comm import CommCounter, Exchange
+from dmt.distributed.flat import flat_forward
+from dmt.distributed.gradsync import Bucket, GradientSync
+from dmt.distributed.plan import ShardingPlan, plan
+from dmt.distributed.sptt import sptt_forward
+from dmt.distributed.topology import Topology
+from dmt.models.base import MultiTowerModel
+from dmt.sparse import KeyedJagged, as_keyed_jagged
+from dmt.timing import PhaseTimer
+
+
+class TowerElsewhere(nn.Module):
+    """Stands in for a Tower Module that lives on another host (SPTT): widths only, no parameters."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise RuntimeError("this Tower Module lives on another host")
+
+
+class ShardedModel(nn.Module):
+    """See the module docstring. Build it with `shard`."""
+
+    def __init__(
+        self, model: MultiTowerModel, topology: Topology, sharding: ShardingPlan, timer: PhaseTimer | None = None
+    ) -> None:
+        super().__init__()
+        self.topo, self.plan, self.rank = topology, sharding, topology.rank
+        layout = sharding.layout
+        model.embeddings.hold(sharding.tables_on(self.rank))
+        if sharding.mode == "sptt":
+            held = set(sharding.towers_on(topology.host))
+            for t in range(len(model.tower_modules)):
+                if t not in held:
+                    model.tower_modules[t] = TowerElsewhere(model.tower_in_widths[t], model.tower_widths[t])
+        self.module = model
+        self.widths = model.embeddings.feature_dims
+        self.counter = CommCounter()
+        self.timer = timer if timer is not None else PhaseTimer()
+        if sharding.mode == "single":
+            self.sync = None
+            return
+        me = self.rank
+        self.world_ex = Exchange(topology.world_group, list(range(layout.world)), me, layout, self.counter, "global")
+        host = layout.host_ranks(topology.host)
+        self.intra_ex = Exchange(topology.intra_group, host, me, layout, self.counter, "intra")
+        self.peer_ex = Exchange(
+            topology.peer_group, layout.peer_ranks(topology.local), me, layout, self.counter, "peer"
+        )
+        everyone, spans_hosts = tuple(range(layout.world)), layout.hosts > 1
+        head = Bucket("head", list(model.head.parameters()), topology.dense_group, everyone, spans_hosts)
+        towers = list(model.tower_modules.parameters())
+        if sharding.mode == "sptt":
+            tower = Bucket("towers", towers, topology.tower_group, tuple(host), False)
+        else:
+            tower = Bucket("towers", towers, topology.dense_group, everyone, spans_hosts)
+        self.sync = GradientSync([head, tower], self.counter, self.timer)
+
+    # ---- what this rank trains ---------------------------------------------------------------
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """The tables this rank owns (sparse gradients)."""
+        return self.module.embedding_parameters()
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """The Tower Modules this rank holds and its replica of the head (dense gradients)."""
+        return self.module.dense_parameters()
+
+    @contextmanager
+    def no_sync(self) -> Iterator[None]:
+        """Backward passes inside accumulate dense gradients locally (as DDP's no_sync); the first
+        backward after it averages the accumulated sum."""
+        if self.sync is None:
+            yield
+            return
+        with self.sync.no_sync():
+            yield
+
+    # ---- compute -----------------------------------------------------------------------------
+
+    def pool(self, ids: KeyedJagged) -> Tensor:
+        """Ids of the features I serve (any number of samples S) -> [S, sum of their widths] in ids.keys order."""
+        if not ids.keys:
+            return torch.zeros(0, 0, device=ids.values.device)
+        per_feature = self.module.embeddings(ids)
+        return torch.cat([per_feature[f] for f in ids.keys], 1)
+
+    def forward(self, dense: Tensor, sparse) -> Tensor:
+        """dense [B, num_dense], sparse (KeyedJagged or TorchRec KeyedJaggedTensor, this rank's B
+        samples) -> logits [B]."""
+        sparse = as_keyed_jagged(sparse)
+        if self.plan.mode == "single":
+            return self.module(dense, sparse)
+        dataflow = sptt_forward if self.plan.mode == "sptt" else flat_forward
+        logits = dataflow(self, dense, sparse)
+        self.sync.attach(logits)
+        return logits
+
+
+def shard(
+    model: MultiTowerModel,
+    topology: Topology,
+    mode: str = "sptt",
+    sharding: ShardingPlan | None = None,
+    timer: PhaseTimer | None = None,
+) -> ShardedModel:
+    """Shard a one-device model over `topology` ("flat" or "sptt"; `sharding` overrides the
+    planner's placement). Collective only through the topology's groups; build the model the same
+    way (same seed) on every rank, ideally inside `dmt.deferred_tables()` so that no rank
+    allocates tables it does not own; the model is trimmed in place.
+
+    >>> from dmt.models.dlrm import DLRM
+    >>> from dmt.specs import FeatureSpec
+    >>> model = DLRM([FeatureSpec("f0", "t0", 100)], num_dense=2, dim=4)
+    >>> sharded = shard(model, Topology.single())  # a world of one: the model itself
+    >>> sparse = KeyedJagged(["f0"], torch.tensor([5, 6]), torch.tensor([1, 1]))
+    >>> sharded(torch.zeros(2, 2), sparse).shape
+    torch.Size([2])
+    """
+    sharding = sharding if sharding is not None else plan(model, topology.layout, mode)
+    return ShardedModel(model, topology, sharding, timer)
