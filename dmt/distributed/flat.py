@@ -29,7 +29,7 @@ def flat_forward(sm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     with timer("input_exchange"):
         ids, sizes = send_ids(sm.world_ex, sparse, served, "ids", plan.id_dtype)  # (1)
     with timer("lookup"):
-        pooled = sm.pool(ids)  # (2) [sum(sizes), sum of my features' widths]
+        pooled = model.embeddings.pool(ids)  # (2) [sum(sizes), sum of my features' widths]
     with timer("output_exchange"):
         served_widths = [sum(widths[f] for f in s) for s in served]
         rows = return_rows(sm.world_ex, pooled, sizes, served_widths, sparse.batch_size, "pooled")  # (3)

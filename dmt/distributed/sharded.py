@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
 from torch import Tensor, nn
 
 from dmt.distributed.comm import CommCounter, Exchange
@@ -31,7 +30,7 @@ from dmt.distributed.plan import ShardingPlan, plan
 from dmt.distributed.sptt import sptt_forward
 from dmt.distributed.topology import Topology
 from dmt.models.base import MultiTowerModel
-from dmt.sparse import KeyedJagged, as_keyed_jagged
+from dmt.sparse import as_keyed_jagged
 from dmt.timing import PhaseTimer
 
 
@@ -106,13 +105,6 @@ class ShardedModel(nn.Module):
 
     # ---- compute -----------------------------------------------------------------------------
 
-    def pool(self, ids: KeyedJagged) -> Tensor:
-        """Ids of the features I serve (any number of samples S) -> [S, sum of their widths] in ids.keys order."""
-        if not ids.keys:
-            return torch.zeros(0, 0, device=ids.values.device)
-        per_feature = self.module.embeddings(ids)
-        return torch.cat([per_feature[f] for f in ids.keys], 1)
-
     def forward(self, dense: Tensor, sparse) -> Tensor:
         """dense [B, num_dense], sparse (KeyedJagged or TorchRec KeyedJaggedTensor, this rank's B
         samples) -> logits [B]."""
@@ -137,7 +129,9 @@ def shard(
     way (same seed) on every rank, ideally inside `dmt.deferred_tables()` so that no rank
     allocates tables it does not own; the model is trimmed in place.
 
+    >>> import torch
     >>> from dmt.models.dlrm import DLRM
+    >>> from dmt.sparse import KeyedJagged
     >>> from dmt.specs import FeatureSpec
     >>> model = DLRM([FeatureSpec("f0", "t0", 100)], num_dense=2, dim=4)
     >>> sharded = shard(model, Topology.single())  # a world of one: the model itself

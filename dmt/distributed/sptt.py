@@ -50,7 +50,7 @@ def sptt_forward(sm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
         own_ids, own_sizes = send_ids(sm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
     with timer("lookup"):
         # (3) lookup and pooling of the tables I own
-        pooled = sm.pool(own_ids)  # [L*H*B, sum of my features' widths]
+        pooled = model.embeddings.pool(own_ids)  # [L*H*B, sum of my features' widths]
     with timer("output_exchange"):
         # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples
         served_widths = [sum(widths[f] for f in s) for s in served]

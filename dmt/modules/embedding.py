@@ -141,6 +141,14 @@ class EmbeddingBagCollection(nn.Module):
             pooled = pooled / lengths.clamp(min=1).unsqueeze(1).to(pooled.dtype)
         return pooled
 
+    def pool(self, ids: KeyedJagged) -> Tensor:
+        """The unit of work of a table owner: ids of features whose tables this collection holds
+        (any number of samples S) -> [S, sum of their widths], in ids.keys order."""
+        if not ids.keys:
+            return torch.zeros(0, 0, device=ids.values.device)
+        per_feature = self(ids)
+        return torch.cat([per_feature[f] for f in ids.keys], 1)
+
     def forward(self, sparse: KeyedJagged) -> dict[str, Tensor]:
         """sparse with B samples -> {feature: pooled [B, d_f]} for the features of the tables held."""
         parts = sparse.per_key()
