@@ -108,6 +108,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # scalars under DIR/tensorboard (rank 0)
     device: str = "cpu"
+    # dense parts (Tower Modules, head) in bfloat16 under autocast, TF32 for float32 matmuls on
+    # Ampere and newer; tables, exchanges and the loss stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
+    profile: bool = False  # wait for the device around timed phases and collectives (exact times, no overlap)
 
 
 @dataclass

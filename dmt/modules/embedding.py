@@ -112,7 +112,8 @@ class EmbeddingBagCollection(nn.Module):
 
     def _new_table(self, index: int, spec: TableSpec) -> nn.EmbeddingBag:
         rows, dim = spec.num_embeddings, spec.embedding_dim
-        table = nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, _weight=torch.empty(rows, dim))
+        # the initial values are drawn on the host, so that they are the same on every device
+        table = nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, _weight=torch.empty(rows, dim, device="cpu"))
         bound = 1.0 / math.sqrt(dim)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
         with torch.no_grad():
@@ -160,7 +161,7 @@ class EmbeddingBagCollection(nn.Module):
             names = [n for n in names if n in parts]
             if not names:
                 continue
-            chunk = KeyedJagged.concat_keys([parts[n] for n in names], names, sparse.batch_size)
+            chunk = KeyedJagged.concat_keys([parts[n] for n in names], names, sparse.batch_size, sparse.values.device)
             pooled = self.lookup(table, chunk.values, chunk.lengths, chunk.weights)
             out.update(zip(names, pooled.split(sparse.batch_size), strict=True))
         return out
