@@ -218,3 +218,19 @@ def test_export_keeps_no_rank_waiting_in_a_collective(tmp_path):
     assert json.loads((tmp_path / "new" / "summary.json").read_text())["steps"] == summary["steps"] == 2
     with pytest.raises(RankFailure):  # the old order: rank 1 times out in evaluation while rank 0 exports
         run_ranks(1, 2, _train_with_slow_export, cfg, str(tmp_path / "old"), True)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the check runs to the end")
+def test_gpu_check_stops_with_one_line_without_a_gpu():
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        ["bash", str(root / "benchmarks/gpu/run.sh")], capture_output=True, text=True, timeout=300, cwd=root
+    )
+    assert r.returncode == 2
+    assert r.stdout.splitlines()[0].startswith("cpu first-step loss (fp32): {'result': ")
+    assert r.stdout.strip().splitlines()[-1] == (
+        "benchmarks/gpu: no CUDA device here (torch.cuda.is_available() is False); the rest needs a GPU"
+    )
