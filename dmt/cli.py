@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,7 +55,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dmt.train.run import run_training
 
     cfg = load_config(args.config, args.set)
-    summary = run_training(cfg, args.out, resume=args.resume, nproc=args.nproc, ranks_per_host=args.ranks_per_host)
+    # torchrun restarted the ranks after a failure (--max-restarts): continue from the last checkpoint
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    resume = args.resume or restarted
+    summary = run_training(cfg, args.out, resume=resume, nproc=args.nproc, ranks_per_host=args.ranks_per_host)
     if summary is not None:
         print_summary(summary)
     return 0
@@ -185,11 +189,24 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from dmt.emulate import emulate
+    from dmt.emulate.faults import parse_fault
+    from dmt.emulate.rates import choose_rates
+    from dmt.emulate.report import print_emulation
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    summary = emulate(args.hosts, args.ranks_per_host, args.cross_host_mbit, train_args, queue_ms=args.queue_ms)
-    for link in summary["link_bytes"]:
-        print(f"host {link['host']} link: {link['tx_bytes']:,} B sent, {link['rx_bytes']:,} B received")
+    faults = [parse_fault(f) for f in args.fault]
+    rates = choose_rates(args, train_args)
+    summary = emulate(
+        args.hosts,
+        args.ranks_per_host,
+        rates.cross_host_mbit,
+        rates.train_args,
+        queue_ms=args.queue_ms,
+        intra_host_mbit=rates.intra_host_mbit,
+        faults=faults,
+        max_restarts=args.max_restarts,
+    )
+    print_emulation(summary)
     return 0
 
 
@@ -272,15 +289,38 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file; the heatmap is written beside it as .png")
     p.set_defaults(func=cmd_partition)
 
-    p = sub.add_parser("emulate", help="train on an emulated multi-host cluster with shaped cross-host links (root)")
+    p = sub.add_parser("emulate", help="train on an emulated multi-host cluster with shaped links (root)")
     p.add_argument("--hosts", type=int, required=True)
     p.add_argument("--ranks-per-host", type=int, required=True)
-    p.add_argument("--cross-host-mbit", type=float, required=True, help="shaped rate of each host's link, Mbit/s")
+    p.add_argument("--cross-host-mbit", type=float, help="shaped rate of each host's link (two tiers: uplink), Mbit/s")
+    p.add_argument(
+        "--intra-host-mbit", type=float, help="two tiers: each rank's own shaped link into its host's switch, Mbit/s"
+    )
+    p.add_argument(
+        "--ratio-of",
+        choices=["v100", "a100", "h100"],
+        help="two tiers at this GPU's ratio of intra-host to cross-host bandwidth (the presets' table)",
+    )
+    p.add_argument(
+        "--like",
+        choices=["v100", "a100", "h100"],
+        help="two tiers, both rates scaled by how much slower this machine computes the step than this GPU",
+    )
     p.add_argument(
         "--queue-ms",
         type=float,
         default=100.0,
         help="longest wait in a link's queue before a packet drops (default 100: deep, lossless)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND:K=V,...",
+        help="outage:host=H,start=S,duration=D | loss:host=H,percent=P[,start=S,duration=D] | kill:rank=R,step=K",
+    )
+    p.add_argument(
+        "--max-restarts", type=int, default=0, help="torchrun restarts every rank up to N times after a failure"
     )
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `dmt train`")
     p.set_defaults(func=cmd_emulate)

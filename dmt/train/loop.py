@@ -29,6 +29,7 @@ from dmt.distributed.comm import union_s
 from dmt.distributed.model import DistributedModel
 from dmt.distributed.plan import plan_flat, plan_sptt
 from dmt.distributed.topology import Topology
+from dmt.emulate.faults import kill_if_due
 from dmt.errors import UserError
 from dmt.models.base import MultiTowerModel
 from dmt.models.build import build_model
@@ -269,6 +270,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     link_before = _link_counters(t)
     loop_start = time.perf_counter()
     for step in bar:
+        kill_if_due(step, t.rank)  # `dmt emulate --fault kill:...` only
         t0 = time.perf_counter()
         t.timer.reset()
         with t.timer("data"):
