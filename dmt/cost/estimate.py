@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmt.config import Config
+from dmt.cost.compute import OpCounts
 from dmt.cost.memory import RankMemory, memory_summary, rank_memory
 from dmt.cost.presets import Cluster
+from dmt.cost.step import StepTiming, step_timing
 from dmt.cost.timing import ModeTiming, TimingModel, mode_timing
 from dmt.cost.traffic import ModeTraffic, traffic
 from dmt.cost.workload import (
@@ -45,6 +47,17 @@ class ModeEstimate:
     traffic: ModeTraffic
     timing: ModeTiming
     memory: list[RankMemory] | None = None
+    step: StepTiming | None = None  # end to end, when the cluster has compute rates
+
+    @property
+    def step_s(self) -> float | None:
+        return None if self.step is None else self.step.step_s
+
+    @property
+    def examples_per_s(self) -> float | None:
+        """Samples the whole cluster trains per second, end to end."""
+        layout = self.traffic.plan.layout
+        return None if self.step is None else layout.world * self.traffic.workload.batch_size / self.step.step_s
 
     def summary(self) -> dict:
         mean = self.traffic.mean()
@@ -54,8 +67,11 @@ class ModeEstimate:
             "intra_host_bytes": mean["intra_host_bytes"],
             "messages": mean["messages"],
             "allreduce_bytes": mean["allreduce_bytes"],
-            "step_s": self.timing.step_s,
-            "compute_s": self.timing.compute_s,
+            "step_s": self.step_s,
+            "compute_s": None if self.step is None else self.step.compute_s,
+            "exposed_comm_s": None if self.step is None else self.step.exposed_s,
+            "overlap_s": None if self.step is None else self.step.overlap_s,
+            "examples_per_s": self.examples_per_s,
             "towers": len(self.traffic.workload.shape.towers),
             "tower_widths": list(self.traffic.workload.shape.tower_widths),
             "by_phase": mean["by_phase"],
@@ -113,14 +129,16 @@ class Estimator:
 
     # ---- estimates --------------------------------------------------------------------------
 
-    def run(self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True) -> ModeEstimate:
+    def run(
+        self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True, ops: OpCounts | None = None
+    ) -> ModeEstimate:
+        """ops: the operators a rank's step launches, for a cluster that charges them (op_s > 0)."""
         tr = traffic(mode, self.workload(shape), layout)
         timing = mode_timing(tr, self.cluster, self.model)
-        mem = None
-        if memory:
-            t = self.cfg.train
-            mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer)
-        return ModeEstimate(mode, tr, timing, mem)
+        t = self.cfg.train
+        mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer) if memory else None
+        step = step_timing(tr, timing, self.cluster, ops, t.dense_optimizer)
+        return ModeEstimate(mode, tr, timing, mem, step)
 
     def modes(self, layout: Layout, strict: bool = True, memory: bool = True) -> dict[str, ModeEstimate]:
         towers, _ = self.towers_for(layout.hosts, strict)
@@ -139,7 +157,7 @@ def speedups(modes: dict[str, ModeEstimate]) -> dict:
         t = modes[name].timing
         out[f"{name}_over_flat"] = {
             "comm": _ratio(flat.comm_s, t.comm_s),
-            "step": flat.step_s / t.step_s if flat.step_s and t.step_s else None,
+            "step": modes["flat"].step_s / modes[name].step_s if modes["flat"].step_s and modes[name].step_s else None,
             "cross_host_bytes_ratio": _ratio(
                 modes[name].traffic.mean()["cross_host_bytes"], modes["flat"].traffic.mean()["cross_host_bytes"]
             ),
@@ -176,7 +194,8 @@ def _short(e: ModeEstimate) -> dict:
     mean = e.traffic.mean()
     return {
         "comm_s": e.timing.comm_s,
-        "step_s": e.timing.step_s,
+        "step_s": e.step_s,
+        "examples_per_s": e.examples_per_s,
         "cross_host_bytes": mean["cross_host_bytes"],
         "intra_host_bytes": mean["intra_host_bytes"],
         "messages": mean["messages"],
@@ -209,6 +228,7 @@ def estimate_report(
         **{m: e.summary() for m, e in modes.items()},
         "speedup": speedups(modes),
         "breakdown": {m: e.timing.as_dict() for m, e in modes.items()},
+        "end_to_end": {m: e.step.as_dict() for m, e in modes.items() if e.step is not None},
         "scaling": scaling(est, layout.ranks_per_host, gpus),
     }
     return payload

@@ -154,7 +154,8 @@ def emulate(
     }
     if rank_links is not None:
         summary["rank_link_bytes"] = rank_links
-        summary["link_tiers"] = link_tiers(summary)
+        if "link_train" in summary:  # a training run, not a probe
+            summary["link_tiers"] = link_tiers(summary)
     if faults or restarts:
         summary["faults"] = {**_fault_report(faults, applied, out, cfg, summary), "restarts": restarts}
     summary_path.write_text(json.dumps(summary, indent=2))
