@@ -65,8 +65,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Flat baseline and SPTT + Tower Modules side by side on the same data and cluster."""
+    """Flat baseline and SPTT + Tower Modules side by side on the same data and cluster: the
+    time-dilated emulated cluster where this machine allows it, loopback links elsewhere."""
     from dmt.config import load_config
+    from dmt.emulate.demo import can_emulate, gpu_prediction, run_emulated
     from dmt.train.report import print_comparison
     from dmt.train.run import run_training
 
@@ -78,26 +80,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ["dist.mode=sptt", "model.tower_module=compress", f"model.compression_ratio={args.compression_ratio}"],
         ),
     ]
-    rows = []
-    for name, overrides in runs:
-        cfg = load_config(args.config, [*overrides, *args.set])
-        print(f"== {name}: {args.hosts} hosts x {args.ranks_per_host} ranks", flush=True)
-        summary = run_training(
-            cfg, out / name.split()[0], nproc=args.hosts * args.ranks_per_host, ranks_per_host=args.ranks_per_host
-        )
-        rows.append({"name": name, "summary": summary})
+    runs = [(name, [*overrides, *args.set]) for name, overrides in runs]
+    why_not = "--loopback given" if args.loopback else can_emulate(args.hosts, args.ranks_per_host)
+    if why_not is None:
+        rows = run_emulated(args.config, runs, args.hosts, args.ranks_per_host, args.like, out)
+    else:
+        rows = []
+        for name, overrides in runs:
+            cfg = load_config(args.config, overrides)
+            print(f"== {name}: {args.hosts} hosts x {args.ranks_per_host} ranks, loopback links", flush=True)
+            summary = run_training(
+                cfg, out / name.split()[0], nproc=args.hosts * args.ranks_per_host, ranks_per_host=args.ranks_per_host
+            )
+            rows.append({"name": name, "summary": summary})
     print()
     print_comparison(rows)
     flat, sptt = rows[0]["summary"], rows[1]["summary"]
+    if why_not is None:
+        batch = rows[0]["dilation"]["batch_size"]
+    else:
+        batch = load_config(args.config, runs[0][1]).train.batch_size
+    cfgs = [load_config(args.config, [*o, f"train.batch_size={batch}"]) for _, o in runs]
+    gpu = gpu_prediction(cfgs, args.hosts, args.ranks_per_host, args.like)
     result = {
         "runs": {r["name"]: r["summary"] for r in rows},
+        "links": "emulated" if why_not is None else "loopback",
         "speedup": sptt["examples_per_s"] / flat["examples_per_s"],
         "cross_host_bytes_ratio": sptt["comm"]["cross_host_bytes"] / max(flat["comm"]["cross_host_bytes"], 1),
         "auc_difference": sptt["auc"] - flat["auc"],
+        "like": args.like,
+        "gpu_predicted_speedup": gpu[1] / gpu[0],
     }
     print(
         f"\nSPTT+TM vs flat: {result['speedup']:.2f}x examples/s, "
         f"{result['cross_host_bytes_ratio']:.2f}x cross-host bytes, AUC {result['auc_difference']:+.4f}"
+    )
+    if why_not is None:
+        result["dilation"] = rows[0]["dilation"]
+        result["predicted_speedup"] = rows[1]["predicted_examples_per_s"] / rows[0]["predicted_examples_per_s"]
+        print(
+            f"measured on links standing for {args.like}: {result['speedup']:.2f}x; the cost model predicted "
+            f"{result['predicted_speedup']:.2f}x for this emulated cluster"
+        )
+    else:
+        print(f"links: loopback ({why_not}), so this speedup shows compute alone")
+    print(
+        f"cost model, {args.hosts} x {args.ranks_per_host} {args.like} at {batch} samples per GPU: "
+        f"{result['gpu_predicted_speedup']:.2f}x end to end"
     )
     _write_json(out / "summary.json", result)
     return 0
@@ -257,6 +286,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks-per-host", type=int, default=2)
     p.add_argument("--compression-ratio", type=float, default=4.0)
+    p.add_argument(
+        "--like", choices=["v100", "a100", "h100"], default="h100", help="the GPU the emulated links stand for"
+    )
+    p.add_argument("--loopback", action="store_true", help="loopback links even where the emulator could run")
     p.add_argument("--out", default="runs/demo", help="directory for both runs and summary.json")
     p.set_defaults(func=cmd_demo)
 

@@ -140,17 +140,17 @@ def one_device_roofline(cfg: Config, cluster: Cluster, mode: str, ratio: float |
     return rank.total_s - rank.data_s
 
 
-def fit_cpu(base: Cluster, variants: list[tuple[Config, str, float | None, StepMeasurement]]) -> Cluster:
-    """`base` (the emulated links) with this CPU's compute: rates measured here, op_s fitted to the
-    one-device steps of `variants` (config, cost-model mode, compression ratio, measurement)."""
-    dim = variants[0][0].model.embedding_dim
+def fit_cpu(
+    base: Cluster,
+    variants: list[tuple[Config, str, float | None, StepMeasurement]],
+    rates: tuple[float, float] | None = None,
+) -> Cluster:
+    """`base` (the emulated links) with this CPU's compute: rates (TFLOP/s, GB/s) measured here
+    unless given, op_s fitted to the one-device steps of `variants` (config, cost-model mode,
+    compression ratio, measurement)."""
+    tflops, gbps = rates or (dense_tflops(), memory_gbps(variants[0][0].model.embedding_dim))
     cpu = dataclasses.replace(
-        base,
-        peak_tflops=dense_tflops(),
-        dense_efficiency=1.0,
-        memory_gbps=memory_gbps(dim),
-        memory_efficiency=1.0,
-        op_s=0.0,
+        base, peak_tflops=tflops, dense_efficiency=1.0, memory_gbps=gbps, memory_efficiency=1.0, op_s=0.0
     )
     rest, ops = [], []
     for cfg, mode, ratio, m in variants:

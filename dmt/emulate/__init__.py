@@ -121,6 +121,7 @@ def emulate(
         injector = LinkFaults(faults, lambda h, pct: _set_host_loss(c, h, pct), out / "metrics.jsonl", started)
         injector.start()
         for attempt in range(max_restarts + 1):
+            launch.stop_all(procs)  # the previous attempt's (its anchors)
             args = train_args if attempt == 0 or entry != ("dmt", "train") else [*train_args, "--resume"]
             procs = _start(c, entry, args, port + attempt, faults if attempt == 0 else [], out / "emulate", attempt)
             codes = launch.wait_all(procs)
@@ -202,6 +203,7 @@ def _start(
     for node in range(c.world if c.two_tier else c.hosts):
         h, local = nodes[node] if nodes else (node, 0)
         node_env = dict(env)
+        anchor = None
         if c.two_tier and local == 0:  # the host's switch counters, readable from the rank's namespace
             anchor = subprocess.Popen(["ip", "netns", "exec", c.host_ns(h), "sleep", "infinity"])
             node_env[HOST_NETDEV_ENV] = f"/proc/{anchor.pid}/net/dev"
@@ -231,6 +233,7 @@ def _start(
         name = f"rank{node}" if c.two_tier else f"host{h}"
         log = logs / (f"{name}.log" if attempt == 0 else f"{name}.restart{attempt}.log")
         procs.append(launch.start(name, h, ranks, cmd, node_env, log, show=node == 0))
+        procs[-1].anchor = anchor
     return procs
 
 

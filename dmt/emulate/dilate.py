@@ -90,6 +90,17 @@ def _with_batch(cfg: Config, b: int) -> Config:
     return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=b))
 
 
+def choose_batch(batch: int, rates) -> int:
+    """The batch per rank nearest `batch` (halving or doubling it) at which both rates(batch) ->
+    (intra, uplink) Mbit/s lie in [MIN_MBIT, MAX_MBIT]; the last one tried if none does."""
+    b = batch
+    while max(rates(b)) > MAX_MBIT and b // 2 >= MIN_BATCH:
+        b //= 2
+    while min(rates(b)) < MIN_MBIT and b * 2 <= MAX_BATCH and max(rates(b * 2)) <= MAX_MBIT:
+        b *= 2
+    return b
+
+
 def dilate(like: str, hosts: int, ranks_per_host: int, train_args: list[str]) -> Dilation:
     """`dmt emulate --like`: the training arguments' config -> batch and both link rates."""
     from dmt.emulate import preflight
@@ -119,17 +130,8 @@ def dilate_config(
         intra = gpu.intra_gbps * 8e3 / factor
         return factor, intra, ranks_per_host * gpu.nic_gbps * 8e3 / factor, t_cpu, t_gpu
 
-    b = cfg.train.batch_size
+    b = choose_batch(cfg.train.batch_size, lambda n: rates(n)[1:3])
     factor, intra, up, t_cpu, t_gpu = rates(b)
-    while max(intra, up) > MAX_MBIT and b // 2 >= MIN_BATCH:
-        b //= 2
-        factor, intra, up, t_cpu, t_gpu = rates(b)
-    while min(intra, up) < MIN_MBIT and max(intra, up) <= MAX_MBIT and b * 2 <= MAX_BATCH:
-        factor2 = rates(b * 2)
-        if max(factor2[1], factor2[2]) > MAX_MBIT:
-            break
-        b *= 2
-        factor, intra, up, t_cpu, t_gpu = factor2
     if max(intra, up) > MAX_MBIT or min(intra, up) < MIN_MBIT:
         raise UserError(
             f"--like {like}: at {b} samples per rank the links would need {intra:.0f} Mbit/s per rank and "

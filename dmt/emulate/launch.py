@@ -38,6 +38,7 @@ class Process:
     popen: subprocess.Popen
     log: Path
     exited_at: float | None = None
+    anchor: subprocess.Popen | None = None  # a process in the host's switch namespace (counters)
     _pump: threading.Thread | None = field(default=None, repr=False)
 
 
@@ -108,10 +109,13 @@ def _exited(p: Process) -> bool:
 
 def stop_all(procs: list[Process]) -> None:
     for p in procs:
-        if p.popen.poll() is None:
-            p.popen.kill()
+        for child in (p.popen, p.anchor):
+            if child is not None and child.poll() is None:
+                child.kill()
     for p in procs:
-        p.popen.wait()
+        for child in (p.popen, p.anchor):
+            if child is not None:
+                child.wait()
         if p._pump is not None:
             p._pump.join(timeout=5)
 
