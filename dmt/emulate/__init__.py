@@ -124,11 +124,14 @@ def emulate(
             launch.stop_all(procs)  # the previous attempt's (its anchors)
             args = train_args if attempt == 0 or entry != ("dmt", "train") else [*train_args, "--resume"]
             procs = _start(c, entry, args, port + attempt, faults if attempt == 0 else [], out / "emulate", attempt)
-            codes = launch.wait_all(procs)
+            # a restart needs no reports from the survivors: stop them soon
+            codes = launch.wait_all(procs, grace_s=1.0 if attempt < max_restarts else 5.0)
             if all(code == 0 for code in codes) or attempt == max_restarts:
                 break
             lost = launch.failure(procs, cfg.dist.timeout_s if cfg is not None else None)
             restarts.append({"attempt": attempt, "error": str(lost), "at_s": time.time() - started})
+            if cfg is not None:  # the restart rewrites metrics.jsonl: keep this attempt's stalls
+                restarts[-1]["stalls"] = stalls(out / "metrics.jsonl", _global_batch(cfg, c), cfg.train.log_every)
             print(f"dmt emulate: {lost}; restarting every rank from the last checkpoint", file=sys.stderr)
         links = network.link_bytes(c)
         rank_links = network.rank_link_bytes(c) if c.two_tier else None
@@ -158,7 +161,7 @@ def emulate(
         if "link_train" in summary:  # a training run, not a probe
             summary["link_tiers"] = link_tiers(summary)
     if faults or restarts:
-        summary["faults"] = {**_fault_report(faults, applied, out, cfg, summary), "restarts": restarts}
+        summary["faults"] = {**_fault_report(faults, applied, out, cfg, summary, restarts), "restarts": restarts}
     summary_path.write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -237,13 +240,21 @@ def _start(
     return procs
 
 
-def _fault_report(faults: list[Fault], applied: list[dict], out: Path, cfg, summary: dict) -> dict:
+def _global_batch(cfg, c: EmulatedCluster) -> int:
+    return cfg.train.batch_size * c.world
+
+
+def _fault_report(
+    faults: list[Fault], applied: list[dict], out: Path, cfg, summary: dict, restarts: list[dict]
+) -> dict:
     """What the faults did: the link switches made, how long training stalled, and for a killed
     rank how many steps of work the restart had to redo (back to the last checkpoint)."""
     report: dict = {"applied": applied}
     if cfg is not None:
         world = summary["world"]["hosts"] * summary["world"]["ranks_per_host"]
         report.update(stalls(out / "metrics.jsonl", cfg.train.batch_size * world, cfg.train.log_every))
+        earlier = [r["stalls"]["stalled_s"] or 0.0 for r in restarts if "stalls" in r]
+        report["stalled_s"] = (report["stalled_s"] or 0.0) + sum(earlier)  # over every attempt
         kill = next((f for f in faults if f.kind == "kill"), None)
         if kill is not None:
             every = cfg.train.checkpoint_every
