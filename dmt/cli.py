@@ -235,8 +235,15 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         faults=faults,
         max_restarts=args.max_restarts,
     )
+    if rates.dilation is not None:
+        summary["dilation"] = rates.dilation
+        _write_json(Path(_out_of(rates.train_args)) / "summary.json", summary)
     print_emulation(summary)
     return 0
+
+
+def _out_of(train_args: list[str]) -> str:
+    return train_args[train_args.index("--out") + 1]
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from dmt.cost.presets import PRESETS, emulated
 from dmt.emulate import emulate
 from dmt.emulate.dilate import dilate_config
 from dmt.emulate.predict import emulated_cluster, link_facts, predict
+from dmt.errors import UserError
 
 HERE = Path(__file__).parent
 RUNS_DIR = Path("runs/bench_like")
@@ -52,7 +53,11 @@ def settings(steps: int, batch: int, overrides: list[str]) -> list[str]:
 def one(config: str, topo: str, like: str, steps: int) -> list[dict]:
     hosts, per_host = (int(x) for x in topo.split("x"))
     flat = load_config(config, settings(steps, load_config(config).train.batch_size, RUNS[0][3]))
-    d = dilate_config(like, flat, hosts, per_host)
+    try:
+        d = dilate_config(like, flat, hosts, per_host)
+    except UserError as e:  # the rates this GPU needs do not fit this machine's links
+        print(f"{config} {topo}: {e}", flush=True)
+        return [{"config": config, "topology": topo, "refused": str(e)}]
     print(json.dumps({"config": config, "topology": topo, **d.as_dict()}), flush=True)
     variants = [(name, mode, ratio, settings(steps, d.batch_size, ov)) for name, mode, ratio, ov in RUNS]
     measured = {name: measure_step(name, load_config(config, s)) for name, _, _, s in variants}
@@ -134,7 +139,9 @@ def main() -> None:
 
 
 def report(result: dict) -> str:
-    like, rows = result["like"], result["results"]
+    like = result["like"]
+    refused = [r for r in result["results"] if "refused" in r]
+    rows = [r for r in result["results"] if "refused" not in r]
     lines = [
         f"# Emulated cluster at {like}'s ratios: two tiers of links, time-dilated",
         "",
@@ -157,6 +164,8 @@ def report(result: dict) -> str:
             f"| {r['predicted']['examples_per_s']:.0f} | {100 * r['error']:+.1f}% | {r['speedup_vs_flat']:.2f}x "
             f"| {r['predicted_speedup_vs_flat']:.2f}x | {r['gpu_speedup_vs_flat']:.2f}x | {r['auc']:.4f} |"
         )
+    for r in refused:
+        lines.append(f"| {r['config']} | {r['topology']} | - | refused: {r['refused']} | | | | | | | |")
     free = result.get("free_intra_host")
     if free:
         lines += [
