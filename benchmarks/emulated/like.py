@@ -196,7 +196,10 @@ def report(result: dict) -> str:
     lines += ["| config | topology | run | intra-host | cross-host |", "|---|---|---|---|---|"]
     for r in rows:
         t = r["link_tiers"]
-        cells = [f"{100 * (t[k]['payload_bytes'] / t[k]['counted_bytes'] - 1):+.2f}%" for k in ("intra", "cross")]
+        cells = [
+            f"{100 * (t[k]['payload_bytes'] / t[k]['counted_bytes'] - 1):+.2f}%" if t[k]["counted_bytes"] else "-"
+            for k in ("intra", "cross")
+        ]
         lines.append(f"| {r['config']} | {r['topology']} | {r['run']} | {cells[0]} | {cells[1]} |")
     lines += ["", "## Calibration", ""]
     seen = set()

@@ -15,7 +15,9 @@ TCP payload = wire bytes - HEADER_BYTES per packet. Our side, over the loop's st
              + (L - 1) such ring edges inside the host, and 2 (L - 1) / L of each rank's
                gradients all-reduced inside its host (SPTT's Tower Modules)
 
-Intra-host all-to-all bytes are the summary's mean per step and rank times L and the steps.
+Intra-host all-to-all bytes are the summary's mean per step and rank times L and the steps. The
+kernel may count one large TCP segment as one packet on a rank's port and as several on the
+uplink (segmentation offload), so header bytes differ between devices: compare payloads.
 """
 
 from __future__ import annotations
