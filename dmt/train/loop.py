@@ -25,6 +25,7 @@ from dmt.data import make_source
 from dmt.data.base import DataSource
 from dmt.distributed.sharded import ShardedModel, shard
 from dmt.distributed.topology import Topology
+from dmt.emulate.faults import kill_if_due
 from dmt.models.build import build_model
 from dmt.modules.embedding import deferred_tables
 from dmt.sparse import Batch
@@ -119,6 +120,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     )
     recorder.start()
     for step in bar:
+        kill_if_due(step, t.rank)  # `dmt emulate --fault kill:...` only
         recorder.begin_step()
         with t.timer("data"):
             batch = next(stream).to(device, non_blocking=True)
