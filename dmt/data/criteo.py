@@ -189,7 +189,7 @@ class CriteoTsvSource(DataSource):
             self._test = LineSequence(self.test_paths, self.cfg.index_dir)
         return self._test
 
-    def _read(self, seq: LineSequence, readers: Readers, lo: int, hi: int, cycle: bool) -> list[Piece]:
+    def read(self, seq: LineSequence, readers: Readers, lo: int, hi: int, cycle: bool) -> list[Piece]:
         """Positions [lo, hi) read and parsed (whole lines of each file in one go)."""
         return [
             Piece(seq.files[f].path, a, self.parser.parse(readers.read(f, a, b), b - a))
@@ -198,13 +198,7 @@ class CriteoTsvSource(DataSource):
 
     def _batch(self, pieces: list[Piece], count: MalformedCount) -> Batch:
         """The pieces' good rows as one Batch; malformed rows counted, or an error at the first."""
-        for p in pieces:
-            if p.rows.bad.size:
-                where = f"{p.path}:{p.lo + int(p.rows.bad[0]) + 1}: malformed Criteo row: {p.rows.first_reason}"
-                if self.cfg.malformed == "error":
-                    raise UserError(where + " (data.malformed = 'skip' drops such rows)")
-                count.rows += int(p.rows.bad.size)
-                count.first = count.first or where
+        self.account(pieces, count)
         if len(pieces) == 1:
             r = pieces[0].rows
             return one_hot_batch(self.keys, r.dense, r.ids, r.labels)
@@ -215,6 +209,16 @@ class CriteoTsvSource(DataSource):
             np.concatenate([r.ids for r in rows], axis=1),
             np.concatenate([r.labels for r in rows]),
         )
+
+    def account(self, pieces: list[Piece], count: MalformedCount) -> None:
+        """Apply data.malformed to the pieces' malformed lines: count them, or raise at the first."""
+        for p in pieces:
+            if p.rows.bad.size:
+                where = f"{p.path}:{p.lo + int(p.rows.bad[0]) + 1}: malformed Criteo row: {p.rows.first_reason}"
+                if self.cfg.malformed == "error":
+                    raise UserError(where + " (data.malformed = 'skip' drops such rows)")
+                count.rows += int(p.rows.bad.size)
+                count.first = count.first or where
 
     def _report(self, split: str, rank: int, count: MalformedCount, before: int) -> None:
         if count.rows > before:
@@ -240,7 +244,7 @@ class CriteoTsvSource(DataSource):
 
         def read(step: int) -> list[Piece]:
             lo = (step * world + rank) * batch_size
-            return self._read(self.train, readers, lo, lo + batch_size, cycle=True)
+            return self.read(self.train, readers, lo, lo + batch_size, cycle=True)
 
         parsed = ordered_map(read, itertools.count(start_step), 1 if gz else self.cfg.reader_threads)
         try:
@@ -265,7 +269,7 @@ class CriteoTsvSource(DataSource):
         readers = self.test.readers()
         try:
             for start in range(lo, hi, batch_size):
-                batch = self._batch(self._read(self.test, readers, start, min(start + batch_size, hi), False), count)
+                batch = self._batch(self.read(self.test, readers, start, min(start + batch_size, hi), False), count)
                 if batch.size:
                     yield batch
         finally:
@@ -280,7 +284,7 @@ class CriteoTsvSource(DataSource):
             count, n, positives = MalformedCount(), 0, 0.0
             readers = seq.readers()
             for start in range(0, seq.total, DESCRIBE_LINES):
-                pieces = self._read(seq, readers, start, min(start + DESCRIBE_LINES, seq.total), cycle=False)
+                pieces = self.read(seq, readers, start, min(start + DESCRIBE_LINES, seq.total), cycle=False)
                 batch = self._batch(pieces, count)
                 n += batch.size
                 positives += float(batch.labels.sum())

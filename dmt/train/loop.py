@@ -25,6 +25,7 @@ from tqdm import tqdm
 from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
+from dmt.data.loader import prefetch
 from dmt.distributed.comm import union_s
 from dmt.distributed.model import DistributedModel
 from dmt.distributed.plan import plan_flat, plan_sptt
@@ -261,7 +262,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     t = build(cfg, topo)
     start = resume_from(t, out) if resume else 0
     steps, bs = cfg.train.steps, cfg.train.batch_size
-    stream = t.source.train_batches(bs, t.rank, t.world, start_step=start)
+    stream = prefetch(t.source.train_batches(bs, t.rank, t.world, start), cfg.data.prefetch, device.startswith("cuda"))
     step_s, losses, log, comm, phases_s = [], [], [], [], []
     show = cfg.train.progress and t.rank == 0
     runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
@@ -299,6 +300,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
             save(t, cfg, out, step + 1)
     train_s = time.perf_counter() - loop_start
+    stream.close()  # stops the background loader; the source reports what it skipped
     link = link_delta(link_before, _link_counters(t))
     peak_rss = peak_rss_bytes()  # set-up and training; evaluation comes after
     bar.close()
