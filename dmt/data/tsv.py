@@ -143,6 +143,8 @@ def token_value(tok: bytes) -> int:
 
 def _modulo(num: np.ndarray, moduli: np.ndarray) -> None:
     """num %= moduli in place (uint64 [n], int64 [n]), one scalar division per run of equal moduli."""
+    if not num.size:
+        return
     cuts = np.flatnonzero(np.diff(moduli)) + 1
     for a, b in zip(np.concatenate(([0], cuts)).tolist(), np.concatenate((cuts, [num.size])).tolist(), strict=True):
         num[a:b] %= _u64(int(moduli[a]))
