@@ -76,7 +76,7 @@ def one_hot_batch(keys: list[str], dense: np.ndarray, ids: np.ndarray, labels: n
     sparse = KeyedJagged(
         keys=list(keys),
         values=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64).ravel()),
-        lengths=torch.ones(len(keys) * n, dtype=torch.long),
+        lengths=torch.from_numpy(np.ones(len(keys) * n, dtype=np.int64)),  # numpy: no intra-op threads
     )
     return Batch(
         dense=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),

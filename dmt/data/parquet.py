@@ -142,20 +142,32 @@ class Decoder:
         self.decoded = 0  # row groups decoded (all threads)
         self._local = threading.local()
 
-    def group(self, g: int) -> pa.Table:
+    def tables(self, wanted: list[int]) -> list[pa.Table]:
+        """Row groups `wanted` (indices into groups.groups) as tables; consecutive groups of one file
+        are decoded in one call, and the last one is kept for the next call of this thread."""
         local = self._local
-        if getattr(local, "key", None) == g:
-            return local.table
         files = local.__dict__.setdefault("files", {})
-        group = self.groups.groups[g]
-        if group.file not in files:
-            if len(files) >= 4:
-                files.clear()
-            files[group.file] = pq.ParquetFile(self.groups.paths[group.file], read_dictionary=self.dictionary)
-        table = files[group.file].read_row_group(group.index, columns=self.columns, use_threads=False)
-        self.decoded += 1
-        local.key, local.table = g, table
-        return table
+        got: dict[int, pa.Table] = {}
+        if getattr(local, "key", None) in wanted:
+            got[local.key] = local.table
+        missing = [g for g in wanted if g not in got]
+        for _, run in itertools.groupby(missing, key=lambda g: self.groups.groups[g].file):
+            run = list(run)
+            file = self.groups.groups[run[0]].file
+            if file not in files:
+                if len(files) >= 4:
+                    files.clear()
+                files[file] = pq.ParquetFile(self.groups.paths[file], read_dictionary=self.dictionary)
+            indices = [self.groups.groups[g].index for g in run]
+            table = files[file].read_row_groups(indices, columns=self.columns, use_threads=False)
+            self.decoded += len(run)
+            start = 0
+            for g in run:
+                rows = self.groups.groups[g].rows
+                got[g] = table.slice(start, rows)
+                start += rows
+        local.key, local.table = wanted[-1], got[wanted[-1]]
+        return [got[g] for g in wanted]
 
 
 @dataclass
@@ -244,7 +256,9 @@ class ParquetSource(DataSource):
     # ---- rows -> batches ------------------------------------------------------------------------
 
     def _read(self, groups: RowGroups, decoder: Decoder, lo: int, hi: int, cycle: bool) -> Batch:
-        parts = [Part(groups.groups[g], a, decoder.group(g).slice(a, b - a)) for g, a, b in groups.spans(lo, hi, cycle)]
+        spans = groups.spans(lo, hi, cycle)
+        tables = decoder.tables([g for g, _, _ in spans]) if spans else []
+        parts = [Part(groups.groups[g], a, t.slice(a, b - a)) for (g, a, b), t in zip(spans, tables, strict=True)]
         return self._batch(parts, groups)
 
     def _where(self, parts: list[Part], groups: RowGroups, i: int) -> str:
@@ -257,7 +271,9 @@ class ParquetSource(DataSource):
 
     def _batch(self, parts: list[Part], groups: RowGroups) -> Batch:
         """The parts' rows -> one Batch; bad values raise UserError naming file, row and column."""
-        if parts:
+        if len(parts) == 1:
+            table = parts[0].table
+        elif parts:
             table = pa.concat_tables([p.table for p in parts])
         else:
             table = groups_empty(self.train.schema, self.columns)
@@ -273,20 +289,35 @@ class ParquetSource(DataSource):
         label = column(self.label)
         if label.null_count:
             raise fail(np.flatnonzero(~label.is_valid().to_numpy(zero_copy_only=False))[0], f"'{self.label}' is null")
-        labels = label.cast(pa.float32()).to_numpy(zero_copy_only=False)
+        labels = np.asarray(label.to_numpy(zero_copy_only=False), dtype=np.float32)
         bad = np.flatnonzero((labels != 0) & (labels != 1))
         if bad.size:
             raise fail(bad[0], f"label '{self.label}' = {labels[bad[0]]} is not 0 or 1")
-        dense = np.zeros((n, len(self.dense)), dtype=np.float32)
+        dense = np.zeros((len(self.dense), n), dtype=np.float32)  # filled column by column, then transposed
         for j, name in enumerate(self.dense):
-            x = column(name).cast(pa.float64()).fill_null(0.0).to_numpy(zero_copy_only=False)
-            bad = np.flatnonzero(~np.isfinite(x))
-            if bad.size:
-                raise fail(bad[0], f"dense column '{name}' = {x[bad[0]]} is not finite")
-            dense[:, j] = x
+            col = table.column(name)
+            dense[j] = col.fill_null(0).to_numpy() if col.null_count else col.to_numpy()
+        bad = np.argwhere(~np.isfinite(dense))
+        if bad.size:
+            j, i = bad[0]
+            raise fail(i, f"dense column '{self.dense[j]}' = {dense[j, i]} is not finite")
+        dense = np.ascontiguousarray(dense.T)
+        plain = self._plain_ids(table, n, fail)  # [S, n] for integer columns without nulls, else None
+        if plain is not None and len(plain) == len(self.sparse) and not self.weights:  # one-hot integers: done
+            sparse = KeyedJagged(
+                keys=list(self.sparse),
+                values=torch.from_numpy(plain.ravel()),
+                lengths=torch.from_numpy(np.ones(plain.size, dtype=np.int64)),
+            )
+            return Batch(dense=torch.from_numpy(dense), sparse=sparse, labels=torch.from_numpy(labels))
+        if isinstance(plain, np.ndarray):
+            plain = dict(enumerate(plain))
         values, lengths, weights = [], [], []
-        for name, size in zip(self.sparse, self.sizes, strict=True):
-            v, ln = self._ids(table.column(name).chunks, size, name, fail)
+        for j, (name, size) in enumerate(zip(self.sparse, self.sizes, strict=True)):
+            if plain is not None and j in plain:
+                v, ln = plain[j], np.ones(n, dtype=np.int64)
+            else:
+                v, ln = self._ids(table.column(name).chunks, size, name, fail)
             values.append(v)
             lengths.append(ln)
             if self.weights:
@@ -301,6 +332,31 @@ class ParquetSource(DataSource):
             weights=torch.from_numpy(np.concatenate(weights)) if self.weights else None,
         )
         return Batch(dense=torch.from_numpy(dense), sparse=sparse, labels=torch.from_numpy(labels.astype(np.float32)))
+
+    def _plain_ids(self, table: pa.Table, n: int, fail) -> np.ndarray | dict[int, np.ndarray] | None:
+        """The sparse columns that are integers without nulls, converted together: ids [S, n] if all are,
+        else {column index: ids [n]}; None if none is."""
+        cols = [
+            j for j, name in enumerate(self.sparse)
+            if pa.types.is_integer(table.schema.field(name).type) and table.column(name).null_count == 0
+        ]  # fmt: skip
+        if not cols:
+            return None
+        ids = np.empty((len(cols), n), dtype=np.int64)
+        for k, j in enumerate(cols):
+            ids[k] = table.column(self.sparse[j]).to_numpy()
+        sizes = np.asarray([self.sizes[j] for j in cols], dtype=np.int64)[:, None]
+        if self.cfg.parquet_ids == "modulo":
+            ids %= sizes
+        elif ids.size and (ids.min() < 0 or (ids >= sizes).any()):
+            k, i = np.argwhere((ids < 0) | (ids >= sizes))[0]
+            name, size = self.sparse[cols[k]], self.sizes[cols[k]]
+            raise fail(
+                i,
+                f"column '{name}' id {ids[k, i]} is outside [0, {size}) (data.table_sizes); "
+                "data.parquet_ids = 'modulo' reduces raw ids",
+            )
+        return ids if len(cols) == len(self.sparse) else {j: ids[k] for k, j in enumerate(cols)}
 
     def _ids(self, chunks: list[pa.Array], size: int, name: str, fail) -> tuple[np.ndarray, np.ndarray]:
         """One sparse column's chunks (n rows) -> (ids [N] int64, lengths [n] int64), chunk by chunk
