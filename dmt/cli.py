@@ -1,4 +1,4 @@
-"""The `dmt` command line (DESIGN section 6).
+"""The `dmt` command line: train, verify, eval, data (describe, convert), demo, partition, estimate, plan, emulate.
 
 Every measuring command takes --out PATH and writes JSON there; progress and tables go to the
 terminal. A user mistake prints one line `dmt: error: ...` and exits with code 2.

@@ -21,7 +21,7 @@ from dmt.errors import UserError
 
 @dataclass
 class SyntheticConfig:
-    """The synthetic click model of DESIGN section 4 (see dmt/data/synthetic.py).
+    """The synthetic click model: planted feature groups and a hidden teacher (see dmt/data/synthetic.py).
 
     The three *_scale values are the standard deviations of the teacher logit's parts; the defaults
     give a Bayes-optimal eval AUC of about 0.80 at a positive rate of about 0.29, with logistic
