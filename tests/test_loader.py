@@ -93,3 +93,14 @@ def test_bad_data_in_the_background_stops_training_with_exit_code_2(tmp_path: Pa
     assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "run")]) == 2
     assert f"{path}:151: malformed Criteo row: label '2' is not 0 or 1" in capsys.readouterr().err
     assert not [t for t in threading.enumerate() if t.name.startswith("dmt-")]  # the worker is gone
+
+
+def test_training_with_and_without_the_loader_is_identical(tmp_path: Path) -> None:
+    from dmt.config import load_config
+    from dmt.train.loop import train
+
+    base = ["train.steps=12", "train.log_every=4", "train.progress=false", "train.tensorboard=false",
+            "data.synthetic.eval_samples=2048", "train.batch_size=64"]  # fmt: skip
+    runs = [train(load_config("synthetic_dlrm", [*base, f"data.prefetch={d}"]), tmp_path / str(d)) for d in (0, 3)]
+    assert [r["train_logloss"] for r in runs[0]["train_log"]] == [r["train_logloss"] for r in runs[1]["train_log"]]
+    assert runs[0]["auc"] == runs[1]["auc"]
