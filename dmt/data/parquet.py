@@ -209,6 +209,7 @@ class ParquetSource(DataSource):
         pooling = self._pooling()
         self.features = [FeatureSpec(c, c, n, pooling[c]) for c, n in zip(self.sparse, self.sizes, strict=True)]
         self.last_decoder: Decoder | None = None  # the latest stream's decoder (its `decoded` count)
+        self._memo: dict[str, dict[bytes, int]] = {}  # string column -> token -> id (row groups repeat tokens)
 
     @property
     def test(self) -> RowGroups:
@@ -384,7 +385,7 @@ class ParquetSource(DataSource):
                             "data.parquet_ids = 'modulo' reduces raw ids",
                         )
             else:
-                ids = token_ids(elements, size - 1)
+                ids = token_ids(elements, size - 1, self._memo.setdefault(name, {}))
             all_ids.append(ids)
             all_lengths.append(lengths)
             seen += n

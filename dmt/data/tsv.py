@@ -120,7 +120,8 @@ def _dec8(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _not_matching(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, alphabet: bytes) -> np.ndarray:
-    """Indices of the cells holding a byte outside `alphabet` (the scan is skipped when there is none)."""
+    """Indices of the cells (starts ascending) holding a byte outside `alphabet`; one bytes.translate
+    over the cells' span first, so nothing more is done when there is none."""
     if not starts.size:
         return np.zeros(0, dtype=np.int64)
     lo, hi = int(starts[0]), int(starts[-1] + lengths[-1])
@@ -129,8 +130,37 @@ def _not_matching(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, alp
     allowed = np.zeros(256, dtype=bool)
     allowed[np.frombuffer(alphabet, dtype=np.uint8)] = True
     outside = np.flatnonzero(~allowed[data[lo:hi]]) + lo
-    cells = np.unique(np.searchsorted(starts, outside, side="right") - 1)
-    return cells[lengths[cells] > 0]
+    cells = np.searchsorted(starts, outside, side="right") - 1
+    return np.unique(cells[outside < starts[cells] + lengths[cells]])  # bytes between the cells do not count
+
+
+def _crc_table() -> np.ndarray:
+    table = np.arange(256, dtype=np.uint32)
+    for _ in range(8):
+        table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
+    return table
+
+
+_CRC = _crc_table()  # CRC-32 (zlib's polynomial), one byte at a time
+# Bytes that int(token, 16) may accept: hex digits, 0x / 0X, underscores, signs, whitespace (and, to be
+# safe, every non-ASCII byte). A token with any other byte is not a number: its id is its CRC-32.
+_INT_LIKE = _HEX_DIGITS + b"xX_+-\t\n\x0b\x0c\r " + bytes(range(0x80, 0x100))
+
+
+def _crc32(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """zlib.crc32 of each cell [k] (uint32), all cells at once, one byte position at a time."""
+    order = np.argsort(-lengths, kind="stable")  # longest first: the cells still running are a prefix
+    s, n = starts[order], lengths[order]
+    crc = np.full(order.size, 0xFFFFFFFF, dtype=np.uint32)
+    running = order.size
+    for pos in range(int(n[0]) if n.size else 0):
+        while running and n[running - 1] <= pos:
+            running -= 1
+        c = crc[:running]
+        c[:] = _CRC[(c ^ data[s[:running] + pos]) & np.uint32(0xFF)] ^ (c >> np.uint32(8))
+    out = np.empty_like(crc)
+    out[order] = crc ^ np.uint32(0xFFFFFFFF)
+    return out
 
 
 def token_value(tok: bytes) -> int:
@@ -150,16 +180,22 @@ def _modulo(num: np.ndarray, moduli: np.ndarray) -> None:
         num[a:b] %= _u64(int(moduli[a]))
 
 
-def token_ids(arr: pa.Array, moduli: np.ndarray | int) -> np.ndarray:
+MEMO_ENTRIES = 1 << 20  # tokens a memo keeps
+
+
+def token_ids(arr: pa.Array, moduli: np.ndarray | int, memo: dict[bytes, int] | None = None) -> np.ndarray:
     """Categorical cells [n] -> ids [n] int64: empty or null -> 0, else 1 + value mod moduli[i].
 
     moduli: [n] int64 (table size - 1 of each cell's column) or one int, all >= 1. A dictionary
-    array (one modulus) is hashed once per dictionary entry.
+    array (one modulus) is hashed once per dictionary entry. `memo` (one modulus only) remembers
+    the ids of tokens that take the slow path (not 1-16 hex digits), across calls.
     """
+    if memo is not None and not isinstance(moduli, int):
+        raise TypeError("a memo needs one modulus")
     if pa.types.is_dictionary(arr.type):
         if not isinstance(moduli, int):
             raise TypeError("a dictionary array takes one modulus")
-        per_entry = token_ids(arr.dictionary, moduli)
+        per_entry = token_ids(arr.dictionary, moduli, memo)
         ids = per_entry[arr.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)]
         if arr.null_count:
             ids[~arr.is_valid().to_numpy(zero_copy_only=False)] = 0
@@ -184,8 +220,21 @@ def token_ids(arr: pa.Array, moduli: np.ndarray | int) -> np.ndarray:
     ids += 1
     ids[lengths == 0] = 0
     slow = np.union1d(_not_matching(data, starts, lengths, _HEX_DIGITS), np.flatnonzero(lengths > 16))
+    if slow.size:  # not plain hex: a token with a byte int(, 16) never accepts is hashed here, the rest below
+        words = _not_matching(data, starts[slow], lengths[slow], _INT_LIKE)
+        crc = slow[words]
+        value = _crc32(data, starts[crc], lengths[crc]).astype(np.uint64)
+        _modulo(value, np.ascontiguousarray(m[crc]))
+        ids[crc] = value.astype(np.int64) + 1
+        slow = np.delete(slow, words)
     for i in slow.tolist():
-        ids[i] = 1 + token_value(data[starts[i] : ends[i]].tobytes()) % int(m[i])
+        tok = data[starts[i] : ends[i]].tobytes()
+        known = memo.get(tok) if memo is not None else None
+        if known is None:
+            known = 1 + token_value(tok) % int(m[i])
+            if memo is not None and len(memo) < MEMO_ENTRIES:
+                memo[tok] = known
+        ids[i] = known
     return ids
 
 
