@@ -13,9 +13,10 @@ The rules (see dmt/data/criteo.py) are those of a line-by-line Python parser, ke
 Fast paths cover the common shapes and hand every other field to the Python rule itself, so the
 two can never disagree: a block goes through pyarrow only if pyarrow would see the same lines (no
 lone b"\\r", no byte-order mark, every row of full width); otherwise a numpy tokenizer splits it
-with the rules above. Dense fields that are plain decimal integers and ids that are 1 to 16 hex
-digits are converted in numpy; anything else (floats, signs, prefixes, spaces, other strings) goes
-through float() / int(, 16) / crc32 one field at a time.
+with the rules above. Dense fields that are plain decimal integers of up to 8 digits and ids of 1 to 16
+hex digits are converted in numpy, 8 bytes at a time; ids holding a byte that int(, 16) never
+accepts get their CRC-32 computed in numpy too, for all cells at once; anything else (floats, signs,
+prefixes, spaces) goes through Python's float() / int(, 16) one field at a time.
 
 Columns are kept as one binary array of all cells in column-major order ("cells", length
 width * n): label cells, then the D dense columns, then the S sparse columns, so the ids come out
