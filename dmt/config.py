@@ -71,7 +71,7 @@ class DataConfig:
     sparse_columns: list[str] = field(default_factory=lambda: ["cat_*"])
     weight_columns: dict[str, str] = field(default_factory=dict)  # sparse column -> its list of weights
     parquet_ids: Literal["check", "modulo"] = "check"  # integer ids >= table size: an error, or reduced mod it
-    # criteo_tsv: folder of the line indexes (one per file, built once); empty: ~/.cache/dmt/line-index
+    # criteo_tsv: folder of the line indexes (one per file, built once); "": $DMT_INDEX_DIR or ~/.cache/dmt/line-index
     index_dir: str = ""
     reader_threads: int = 1  # criteo_tsv / parquet: threads that read and parse batches, several steps at once
     prefetch: int = 2  # batches made ahead in a background thread while training; 0: in the training thread
