@@ -1,4 +1,5 @@
-"""The `dmt` command line (its contract: docs/design.md, section 5).
+"""The `dmt` command line: train, verify, eval, data (describe, convert), demo, partition, estimate, plan,
+emulate (its contract: docs/design.md, section 5).
 
 Every measuring command takes --out PATH and writes JSON there; progress and tables go to the
 terminal. A user mistake prints one line `dmt: error: ...` and exits with code 2.
@@ -161,6 +162,21 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
         if key in info:
             print(f"{key}: {info[key]}")
     _write_json(args.out, info)
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    """Criteo TSV -> Parquet or npy day files, once (resumable); prints how to read the result."""
+    from dmt.config import load_config
+    from dmt.data.convert import convert
+
+    cfg = load_config(args.config, args.set)
+    done = convert(cfg.data, args.out, args.to, args.rows_per_part, args.row_group_rows, progress=not args.quiet)
+    print(
+        f"{done.to} in {done.out}: rows {done.rows}, malformed rows skipped {done.malformed_rows}; "
+        f"{len(done.written)} written now, {len(done.skipped)} already there"
+    )
+    print("read it with: --set " + " ".join(done.read_with))
     return 0
 
 
@@ -393,6 +409,14 @@ def make_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--out", required=True, help="JSON file")
     p.set_defaults(func=cmd_data_describe)
+    p = data.add_parser("convert", help="Criteo TSV files -> Parquet or npy day files, parsed and hashed once")
+    _add_config(p)
+    p.add_argument("--to", choices=["parquet", "npy"], default="parquet")
+    p.add_argument("--out", required=True, help="output folder (holds manifest.json; rerun to continue)")
+    p.add_argument("--rows-per-part", type=int, default=1_000_000, help="input lines per Parquet file")
+    p.add_argument("--row-group-rows", type=int, default=1024, help="rows per Parquet row group")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_convert)
     return parser
 
 

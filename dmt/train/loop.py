@@ -23,6 +23,7 @@ from tqdm import tqdm
 from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
+from dmt.data.loader import prefetch
 from dmt.distributed.sharded import ShardedModel, shard
 from dmt.distributed.topology import Topology
 from dmt.emulate.faults import kill_if_due
@@ -109,7 +110,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     t = build(cfg, topo)
     start = ckpt.resume(t.model, t.optimizers, t.topo, out) if resume else 0
     steps, bs, device = cfg.train.steps, cfg.train.batch_size, cfg.train.device
-    stream = t.source.train_batches(bs, t.rank, t.world, start_step=start)
+    # batches made ahead by a background worker (pinned for a GPU): the step only takes them
+    stream = prefetch(t.source.train_batches(bs, t.rank, t.world, start), cfg.data.prefetch, device.startswith("cuda"))
     runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
     recorder = StepRecorder(t, global_batch=bs * t.world)
     bar = tqdm(
@@ -133,6 +135,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
             ckpt.save(t.model, t.optimizers, t.topo, cfg, out, step + 1)
     recorder.stop()
+    stream.close()  # stops the background loader; the source reports what it skipped
     bar.close()
 
     ckpt.save(t.model, t.optimizers, t.topo, cfg, out, steps)
