@@ -3,11 +3,13 @@
 `Exchange` wraps a group and records, for every all-to-all it runs, the bytes this rank sends to
 each other member, split into intra-host and cross-host by the members' hosts, the number of
 non-empty messages, and the wall time this rank spent inside the collective. Counts and times
-include the backward pass of differentiable exchanges.
+include the backward pass of differentiable exchanges. Rows travel at the exchange's `wire` width
+(dmt/distributed/wire.py) and are counted as sent.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dmt.distributed.topology import Layout
+from dmt.distributed.wire import RowWire
 
 
 @dataclass
@@ -67,6 +70,19 @@ class CommCounter:
             "intervals": list(self.intervals),
         }
 
+    def merge(self, other: CommCounter) -> None:
+        """Add what `other` counted (a batch's input exchange, run ahead of its step)."""
+        self.intra_host_bytes += other.intra_host_bytes
+        self.cross_host_bytes += other.cross_host_bytes
+        self.messages += other.messages
+        self.allreduce_bytes += other.allreduce_bytes
+        self.allreduce_cross_host_bytes += other.allreduce_cross_host_bytes
+        self.allreduce_s += other.allreduce_s
+        for mine, theirs in ((self.by_phase, other.by_phase), (self.seconds_by_phase, other.seconds_by_phase)):
+            for phase, value in theirs.items():
+                mine[phase] = mine.get(phase, 0) + value
+        self.intervals.extend(other.intervals)
+
     def reset(self) -> None:
         self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
         self.allreduce_bytes = self.allreduce_cross_host_bytes = 0
@@ -94,8 +110,10 @@ class Exchange:
         layout: Layout,
         counter: CommCounter,
         name: str,
+        wire: RowWire | None = None,
     ) -> None:
         self.group, self.members, self.layout, self.counter, self.name = group, members, layout, counter, name
+        self.wire = wire if wire is not None else RowWire()
         self.size = len(members)
         self.index = members.index(rank)
         self.cross = [layout.host_of(m) != layout.host_of(rank) for m in members]
@@ -147,8 +165,15 @@ class Exchange:
         """Swap small per-member count vectors: send [size, k] int64 -> recv [size, k]."""
         return self.all_to_all(send, [1] * self.size, [1] * self.size, "counts")
 
+    def with_counter(self, counter: CommCounter) -> Exchange:
+        """The same exchange, counting into `counter` (a batch's input exchange, run ahead of its step)."""
+        other = copy.copy(self)
+        other.counter = counter
+        return other
+
     def rows(self, x: Tensor, send: list[int], recv: list[int], phase: str) -> Tensor:
-        """Differentiable all_to_all: the backward sends gradients back along the same links."""
+        """Differentiable all_to_all of float rows at the `wire` width: the backward sends the
+        gradients back along the same links, at the same width."""
         if self.size == 1:
             return x
         if torch.is_grad_enabled() and not x.requires_grad:
@@ -166,10 +191,11 @@ def _sync(x: Tensor) -> None:
 class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, send: list[int], recv: list[int], ex: Exchange, phase: str) -> Tensor:
-        ctx.args = (send, recv, ex, phase)
-        return ex.all_to_all(x, send, recv, phase)
+        ctx.args = (send, recv, ex, phase, x.dtype)
+        return ex.wire.decode(ex.all_to_all(ex.wire.encode(x), send, recv, phase), dtype=x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        send, recv, ex, phase = ctx.args
-        return ex.all_to_all(grad.contiguous(), recv, send, f"{phase}.grad"), None, None, None, None
+        send, recv, ex, phase, dtype = ctx.args
+        sent = ex.all_to_all(ex.wire.encode(grad.contiguous(), grad=True), recv, send, f"{phase}.grad")
+        return ex.wire.decode(sent, grad=True, dtype=dtype), None, None, None, None

@@ -25,6 +25,7 @@ from dmt.data import make_source
 from dmt.data.base import DataSource
 from dmt.distributed.sharded import ShardedModel, shard
 from dmt.distributed.topology import Topology
+from dmt.distributed.wire import WireOptions
 from dmt.models.build import build_model
 from dmt.modules.embedding import deferred_tables
 from dmt.sparse import Batch
@@ -79,7 +80,7 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     torch.manual_seed(cfg.train.seed)
     with deferred_tables():
         model = build_model(cfg.model, source.features, source.num_dense)
-    sharded = shard(model, topo, cfg.dist.mode).to(cfg.train.device)
+    sharded = shard(model, topo, cfg.dist.mode, wire=WireOptions.from_config(cfg.dist)).to(cfg.train.device)
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
 
