@@ -2,7 +2,8 @@
 
     build:       data source, the model (tables deferred), dmt.shard(model, topology), optimizers
     train_step:  logits = model(dense, sparse) on this rank's batch -> BCE loss (local mean)
-                 -> loss.backward() (gradient sync hangs on autograd) -> optimizers' step()
+                 -> loss.backward() (gradient sync hangs on autograd) -> optimizers' step();
+                 with train.pipeline the batch arrives with its input exchange done (pipeline.py)
     train:       steps from the start (or the checkpoint), logging, checkpoints; then the final
                  checkpoint, evaluation (evaluate.py) and summary.json (summary.py)
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
+from dmt.distributed.ids import RoutedIds
 from dmt.distributed.sharded import ShardedModel, shard
 from dmt.distributed.topology import Topology
 from dmt.distributed.wire import WireOptions
@@ -34,6 +36,7 @@ from dmt.train import checkpoint as ckpt
 from dmt.train.evaluate import evaluate
 from dmt.train.observe import RunLog
 from dmt.train.optim import make_optimizers
+from dmt.train.pipeline import PipelinedBatches, training_batches
 from dmt.train.summary import StepRecorder, summarize
 
 
@@ -84,11 +87,12 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
 
-def train_step(t: Trainee, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on this rank's batch. -> (local mean loss, logits [B]), both detached."""
+def train_step(t: Trainee, batch: Batch, routed: RoutedIds | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on this rank's batch (`routed`: its input exchange, already done).
+    -> (local mean loss, logits [B]), both detached."""
     timer = t.timer
     with timer("forward"):
-        logits = t.model(batch.dense, batch.sparse)
+        logits = t.model(batch.dense, routed if routed is not None else batch.sparse)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
     for opt in t.optimizers:
         opt.zero_grad(set_to_none=True)
@@ -116,11 +120,12 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         unit="step",
     )
     recorder.start()
+    batches = training_batches(t, stream, steps - start, device, cfg.train.pipeline)
     for step in bar:
         recorder.begin_step()
         with t.timer("data"):
-            batch = next(stream).to(device)
-        loss, _ = train_step(t, batch)
+            batch, sparse = next(batches)
+        loss, _ = train_step(t, batch, sparse if isinstance(sparse, RoutedIds) else None)
         recorder.end_step(loss)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
             record = recorder.log_record(step + 1, cfg.train.log_every)
@@ -130,6 +135,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
             ckpt.save(t.model, t.optimizers, t.topo, cfg, out, step + 1)
     recorder.stop()
     bar.close()
+    if isinstance(batches, PipelinedBatches):
+        batches.close()
 
     ckpt.save(t.model, t.optimizers, t.topo, cfg, out, steps, final=True)
     quality = evaluate(t, cfg.train.eval_batch_size, device)
