@@ -9,10 +9,10 @@ import pytest
 from dmt.cli import main
 from dmt.config import ModelConfig, load_config
 from dmt.cost.estimate import Estimator
+from dmt.cost.ids import SaturatedIds
 from dmt.cost.memory import rank_memory
 from dmt.cost.presets import PRESETS, cluster
 from dmt.cost.timing import TimingModel, alltoall_busbw, mode_timing
-from dmt.cost.ids import SaturatedIds
 from dmt.cost.traffic import traffic
 from dmt.cost.workload import Workload, feature_specs, model_shape, wire_widths
 from dmt.data import make_source
