@@ -128,7 +128,7 @@ class Estimator:
 
     def run(self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True) -> ModeEstimate:
         tr = traffic(mode, self.workload(shape), layout)
-        timing = mode_timing(tr, self.cluster, self.model)
+        timing = mode_timing(tr, self.cluster, self.model, pipelined=self.cfg.train.pipeline)
         mem = None
         if memory:
             t = self.cfg.train

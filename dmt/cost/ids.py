@@ -3,9 +3,9 @@
 One message carries S samples of features F (a member's share of an input exchange):
 
     4 (1 + |F|)                              header: bits per length, distinct ids per feature
-    ceil(|F| S b_len / 8)                    lengths, b_len = bits_for(max length + 1)
-    sum over f of ceil(u_f bits_for(rows_f) / 8) + ceil(n_f bits_for(u_f) / 8)
-                                             distinct ids and the inverse index
+    ceil((|F| S b_len                        one bit stream: lengths, b_len = bits_for(max length + 1),
+          + sum over f of u_f bits_for(rows_f) + n_f bits_for(u_f)) / 8)
+                                             then the distinct ids and the inverse index
     4 N                                      weights, only for weighted features
 
 n_f = S * pooling factor ids, u_f of them distinct. u_f and the longest bag are properties of the
@@ -43,25 +43,20 @@ class IdStatistics(Protocol):
         ...
 
 
-def packed(count: float, bits: float) -> float:
-    """Bytes of `count` values at `bits` bits, padded to a whole byte (as idcodec.packed_bytes)."""
-    return float(math.ceil(count * bits / 8 - 1e-9))
-
-
 def message_bytes(
     features: Sequence[FeatureSpec], samples: float, stats: IdStatistics, weighted: bool = False
 ) -> float:
     """Bytes of one deduplicated message (the module docstring's sum); 0 for no features."""
     if not features:
         return 0.0
-    total = HEADER_BYTES * (1 + len(features)) + packed(len(features) * samples, stats.length_bits(features, samples))
+    bits = len(features) * samples * stats.length_bits(features, samples)
+    weights = 0.0
     for f in features:
         n = samples * f.pooling_factor
         u = stats.unique(f, samples)
-        total += packed(u, bits_for(f.num_embeddings)) + packed(n, bits_for(math.ceil(u - 1e-9)))
-        if weighted:
-            total += 4.0 * n
-    return total
+        bits += u * bits_for(f.num_embeddings) + n * bits_for(math.ceil(u - 1e-9))
+        weights += 4.0 * n if weighted else 0.0
+    return HEADER_BYTES * (1 + len(features)) + float(math.ceil(bits / 8 - 1e-9)) + weights
 
 
 class SaturatedIds:

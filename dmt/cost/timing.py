@@ -5,8 +5,8 @@ One all-to-all call, one rank, one tier (intra-host over NVLink, cross-host over
     t_tier = lat_tier + n_tier * mu_tier + bytes_tier / bw_tier        (0 when n_tier = 0)
     t_call = max(t_intra, t_cross)          both tiers drain at once; the call ends with the slower
 
-    lat_tier   cluster latency of one call (DESIGN 2: 4 us NCCL send/recv intra-node, 25 us small
-               multi-node collectives)
+    lat_tier   cluster latency of one call (presets.py: about 4 us for an NCCL send/recv inside a
+               node, 25 us for a small collective across nodes)
     mu_tier    per-message (per-peer) overhead; equivalently a message-size efficiency
                eta(s) = s / (s + mu * bw), i.e. half the bandwidth at s_half = mu * bw bytes
     bw_intra   cluster.intra_gbps
@@ -15,12 +15,13 @@ One all-to-all call, one rank, one tier (intra-host over NVLink, cross-host over
                bytes of all the host's ranks in the call: the emulator's hosts have one link each;
                a token-bucket link, burst_bytes > 0, passes that many bytes of a call at once)
 
-Why g falls only mildly: the "2x NIC at 2 nodes toward 1x at many nodes" of DESIGN 2 is nccl-tests
-bus bandwidth, which counts every byte; at H hosts of L GPUs only (W - L) / (W - 1) of them cross
-a NIC, so a NIC-bound all-to-all shows busbw = NIC * (W - 1) / (W - L): 1.9x at 2x8, -> 1x at scale.
+Why g falls only mildly: the all-to-all bus bandwidth of about 2x the NIC at 2 nodes, falling toward
+1x at many nodes, that nccl-tests report counts every byte; at H hosts of L GPUs only
+(W - L) / (W - 1) of them cross a NIC, so a NIC-bound all-to-all shows
+busbw = NIC * (W - 1) / (W - L): 1.9x at 2x8, -> 1x at scale.
 This model keeps intra bytes on NVLink, so that curve falls out of the accounting
 (`alltoall_busbw`); g(H) adds the fabric congestion of many hosts on top (ours, g_inf = 0.85).
-mu_cross = 2 us is calibrated on DESIGN 2's measurement, 64 x H800 (8 x 8, ~48 GB/s NICs) at
+mu_cross = 2 us is calibrated on an nccl-tests all-to-all of 64 x H800 (8 x 8, ~48 GB/s NICs) at
 128 KB per peer: 24-28 GB/s busbw; the model gives 26.4 (s_half = 2 us * 48 GB/s * g(8) = 84 KB).
 mu_intra = 0.5 us is ours (s_half = 185 KB on H100 NVLink).
 
@@ -35,8 +36,14 @@ A step runs its calls one after another and every call waits for its slowest mem
                   link together) + Tower Module all-reduces
     step_s      = comm_s + compute_s (communication never hides compute: conservative)
 
-Not modelled: embedding lookup time (memory bound), overlap of communication with compute, and
-load imbalance other than through the per-rank maxima above.
+    input_s     the forward's input (id) exchange calls (counts and ids) inside alltoall_s
+    exposed_s   what the step waits for: comm_s, less input_s when the step is pipelined
+                (train.pipeline: the next batch's ids cross while this batch computes; comm_s
+                stays the time with a collective in flight, since the ids still use the links)
+
+Precision: the widths on the wire are in the traffic (dist.comm_precision, allreduce_precision).
+Not modelled: embedding lookup time (memory bound), overlap of communication with compute other
+than the pipelined input exchange, and load imbalance other than through the per-rank maxima above.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dmt.cost.presets import Cluster
-from dmt.cost.traffic import AllReduce, ModeTraffic, PhaseTraffic
+from dmt.cost.traffic import AllReduce, ModeTraffic, PhaseTraffic, is_input_phase
 
 GB = 1e9
 
@@ -182,6 +189,13 @@ class ModeTiming:
     compute_s: float | None = None
     comm_s: float = 0.0
     step_s: float | None = None
+    input_s: float = 0.0  # the input (id) exchange's calls, part of alltoall_s
+    pipelined: bool = False
+
+    @property
+    def exposed_s(self) -> float:
+        """Communication the step waits for: the input exchange hides behind compute when pipelined."""
+        return self.comm_s - self.input_s if self.pipelined else self.comm_s
 
     def as_dict(self) -> dict:
         return {
@@ -194,11 +208,15 @@ class ModeTiming:
             "cross_s": self.cross_s,
             "forward_s": self.forward_s,
             "backward_s": self.backward_s,
+            "input_s": self.input_s,
+            "exposed_s": self.exposed_s,
             "calls_s": dict(self.calls),
         }
 
 
-def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | None = None) -> ModeTiming:
+def mode_timing(
+    traffic: ModeTraffic, cluster: Cluster, model: TimingModel | None = None, pipelined: bool = False
+) -> ModeTiming:
     model = model or TimingModel()
     hosts = traffic.plan.layout.hosts
     calls: dict[str, float] = {}
@@ -238,4 +256,6 @@ def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | Non
         compute_s=compute,
         comm_s=comm,
         step_s=None if compute is None else comm + compute,
+        input_s=sum(t for p, t in calls.items() if is_input_phase(p)),
+        pipelined=pipelined,
     )

@@ -51,6 +51,11 @@ LENGTH_BYTES = 4  # lengths travel as int32
 FLOAT_BYTES = 4  # pooled rows, gradients, weights, dense parameters: float32
 
 
+def is_input_phase(phase: str) -> bool:
+    """A call of the input (id) exchange: its counts or its ids (what a pipelined step runs ahead)."""
+    return phase.endswith(".counts") or phase.endswith("ids")
+
+
 @dataclass(frozen=True)
 class PhaseTraffic:
     """One all-to-all call as seen by one rank: what it sends to the other members, by tier.
@@ -139,6 +144,7 @@ class RankTraffic:
             "cross_host_bytes": self.cross_host_bytes,
             "messages": self.messages,
             "by_phase": self.by_phase,
+            "cross_host_by_phase": {p.phase: p.cross_bytes for p in self.phases if p.cross_bytes > 0},
             "allreduce_bytes": self.allreduce_bytes,
         }
 

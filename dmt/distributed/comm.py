@@ -27,6 +27,7 @@ class CommCounter:
     cross_host_bytes: int = 0
     messages: int = 0
     by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes (all tiers)
+    cross_host_by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes sent across hosts
     # payload of dense gradients all-reduced (not split by tier: the backend picks the algorithm)
     allreduce_bytes: int = 0
     allreduce_cross_host_bytes: int = 0  # the part all-reduced over groups that span hosts
@@ -51,6 +52,7 @@ class CommCounter:
             return
         if cross_host:
             self.cross_host_bytes += nbytes
+            self.cross_host_by_phase[phase] = self.cross_host_by_phase.get(phase, 0) + nbytes
         else:
             self.intra_host_bytes += nbytes
         self.messages += 1
@@ -62,6 +64,7 @@ class CommCounter:
             "cross_host_bytes": self.cross_host_bytes,
             "messages": self.messages,
             "by_phase": dict(self.by_phase),
+            "cross_host_by_phase": dict(self.cross_host_by_phase),
             "allreduce_bytes": self.allreduce_bytes,
             "allreduce_cross_host_bytes": self.allreduce_cross_host_bytes,
             "seconds_by_phase": dict(self.seconds_by_phase),
@@ -78,7 +81,11 @@ class CommCounter:
         self.allreduce_bytes += other.allreduce_bytes
         self.allreduce_cross_host_bytes += other.allreduce_cross_host_bytes
         self.allreduce_s += other.allreduce_s
-        for mine, theirs in ((self.by_phase, other.by_phase), (self.seconds_by_phase, other.seconds_by_phase)):
+        for mine, theirs in (
+            (self.by_phase, other.by_phase),
+            (self.cross_host_by_phase, other.cross_host_by_phase),
+            (self.seconds_by_phase, other.seconds_by_phase),
+        ):
             for phase, value in theirs.items():
                 mine[phase] = mine.get(phase, 0) + value
         self.intervals.extend(other.intervals)
@@ -87,6 +94,7 @@ class CommCounter:
         self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
         self.allreduce_bytes = self.allreduce_cross_host_bytes = 0
         self.by_phase, self.seconds_by_phase, self.allreduce_s, self.intervals = {}, {}, 0.0, []
+        self.cross_host_by_phase = {}
 
 
 def union_s(intervals: list[tuple[float, float]]) -> float:

@@ -57,24 +57,24 @@ def send_ids(
     counts are (lengths, ids) and a message holds its lengths (int32), ids (`id_dtype`: int32 when
     every table has fewer than 2^31 rows) and, for weighted features, weights (float32), back to
     back as bytes. With `codec` (dedup_ids) the counts are (lengths, ids, message bytes) and the
-    message is the codec's deduplicated, bit-packed form (dmt/distributed/idcodec.py)."""
+    message is the codec's deduplicated, bit-packed form (dmt/distributed/idcodec.py); the part
+    a rank keeps for itself never travels and stays plain."""
     parts = kj.per_key()
     mine = serves[ex.index]
     weighted = kj.weights is not None
     payloads, counts = [], []
-    for feats in serves:
+    for j, feats in enumerate(serves):
         sub = [parts[f] for f in feats]
         lengths = torch.cat([p[1] for p in sub]) if sub else kj.lengths[:0]
         values = torch.cat([p[0] for p in sub]) if sub else kj.values[:0]
-        if codec is not None:
+        if codec is not None and j != ex.index:
             payloads.append(codec.encode(sub, feats).to(kj.values.device))
-            counts.append([lengths.numel(), values.numel(), payloads[-1].numel()])
-            continue
-        pieces = [lengths.to(torch.int32), values.to(id_dtype)]
-        if weighted:
-            pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
-        payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
-        counts.append([lengths.numel(), values.numel()])
+        else:
+            pieces = [lengths.to(torch.int32), values.to(id_dtype)]
+            if weighted:
+                pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
+            payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
+        counts.append([lengths.numel(), values.numel()] + ([payloads[-1].numel()] if codec is not None else []))
     recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
     id_size = id_dtype.itemsize
     per_value = id_size + (4 if weighted else 0)
@@ -88,9 +88,9 @@ def send_ids(
     sizes = [c[0] // n if n else 0 for c in recv]
     by_source = []
     offset = 0
-    for c, nbytes in zip(recv, recv_bytes, strict=True):
+    for j, (c, nbytes) in enumerate(zip(recv, recv_bytes, strict=True)):
         nl, nv = c[0], c[1]
-        if codec is not None:
+        if codec is not None and j != ex.index:
             values, lengths, weights = codec.decode(got[offset : offset + nbytes], mine, nl, nv, weighted)
         else:
             lengths = _from_bytes(got, offset, nl, torch.int32).long()
