@@ -16,6 +16,7 @@ from dmt.cost.timing import TimingModel, alltoall_busbw, mode_timing
 from dmt.cost.traffic import traffic
 from dmt.cost.workload import Workload, feature_specs, model_shape, wire_widths
 from dmt.data import make_source
+from dmt.distributed.idcodec import bits_for
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
 from dmt.specs import FeatureSpec
@@ -302,3 +303,36 @@ def test_a_token_bucket_passes_its_depth_at_once():
         37_500 / rate
     )
     assert call_times(small, bucket, model, 2)[1] == 0.0
+
+
+# ---- deduplicated ids -----------------------------------------------------------------------------
+
+
+def test_zipf_expectation_matches_the_synthetic_ids():
+    """The cost model's distinct-id expectation for synthetic data against counts on the data itself."""
+    from dmt.cost.ids import ZipfIds
+
+    cfg = load_config(DLRM)
+    source = make_source(cfg.data)
+    stats = ZipfIds(cfg.data.synthetic.zipf_exponent, cfg.data.synthetic.max_pooling)
+    stream = source.train_batches(256)
+    batches = [next(stream) for _ in range(32)]  # the expectation is unbiased: within 2% at 64 batches
+    for f in source.features:
+        counted = sum(int(b.sparse.select([f.name]).values.unique().numel()) for b in batches) / len(batches)
+        assert stats.unique(f, 256) == pytest.approx(counted, rel=0.05), f
+    longest = max(int(b.sparse.lengths.max()) for b in batches)
+    assert stats.length_bits(source.features[:12], 256) == pytest.approx(bits_for(longest + 1), abs=0.5)
+
+
+def test_deduplicated_ids_bring_sptt_tm_under_027_of_flat():
+    """synthetic_dmt_dlrm at CR 4 on 2x2, fp32, both with deduplicated ids (the expectation for its Zipf ids)."""
+    est = Estimator(load_config(DLRM, ["model.compression_ratio=4", "dist.dedup_ids=true"]), cluster("a100"))
+    layout = Layout(2, 2)
+    towers, _ = est.towers_for(layout.hosts)
+    cross = {
+        mode: est.run(mode, est.shape(mode, towers if mode != "flat" else None), layout, memory=False).traffic.mean()[
+            "cross_host_bytes"
+        ]
+        for mode in ("flat", "sptt_tm")
+    }
+    assert cross["sptt_tm"] <= 0.27 * cross["flat"], cross
