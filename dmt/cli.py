@@ -1,4 +1,5 @@
-"""The `dmt` command line (DESIGN section 6).
+"""The `dmt` command line: train, verify, eval, data (describe, convert), demo, partition, estimate, plan,
+emulate (its contract: docs/design.md, section 5).
 
 Every measuring command takes --out PATH and writes JSON there; progress and tables go to the
 terminal. A user mistake prints one line `dmt: error: ...` and exits with code 2.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,15 +56,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from dmt.train.run import run_training
 
     cfg = load_config(args.config, args.set)
-    summary = run_training(cfg, args.out, resume=args.resume, nproc=args.nproc, ranks_per_host=args.ranks_per_host)
+    # torchrun restarted the ranks after a failure (--max-restarts): continue from the last checkpoint
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    resume = args.resume or restarted
+    summary = run_training(cfg, args.out, resume=resume, nproc=args.nproc, ranks_per_host=args.ranks_per_host)
     if summary is not None:
         print_summary(summary)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Flat baseline and SPTT + Tower Modules side by side on the same data and cluster."""
+    """Flat baseline and SPTT + Tower Modules side by side on the same data and cluster: the
+    time-dilated emulated cluster where this machine allows it, loopback links elsewhere."""
     from dmt.config import load_config
+    from dmt.emulate.demo import can_emulate, gpu_prediction, run_emulated
     from dmt.train.report import print_comparison
     from dmt.train.run import run_training
 
@@ -74,26 +81,53 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ["dist.mode=sptt", "model.tower_module=compress", f"model.compression_ratio={args.compression_ratio}"],
         ),
     ]
-    rows = []
-    for name, overrides in runs:
-        cfg = load_config(args.config, [*overrides, *args.set])
-        print(f"== {name}: {args.hosts} hosts x {args.ranks_per_host} ranks", flush=True)
-        summary = run_training(
-            cfg, out / name.split()[0], nproc=args.hosts * args.ranks_per_host, ranks_per_host=args.ranks_per_host
-        )
-        rows.append({"name": name, "summary": summary})
+    runs = [(name, [*overrides, *args.set]) for name, overrides in runs]
+    why_not = "--loopback given" if args.loopback else can_emulate(args.hosts, args.ranks_per_host)
+    if why_not is None:
+        rows = run_emulated(args.config, runs, args.hosts, args.ranks_per_host, args.like, out)
+    else:
+        rows = []
+        for name, overrides in runs:
+            cfg = load_config(args.config, overrides)
+            print(f"== {name}: {args.hosts} hosts x {args.ranks_per_host} ranks, loopback links", flush=True)
+            summary = run_training(
+                cfg, out / name.split()[0], nproc=args.hosts * args.ranks_per_host, ranks_per_host=args.ranks_per_host
+            )
+            rows.append({"name": name, "summary": summary})
     print()
     print_comparison(rows)
     flat, sptt = rows[0]["summary"], rows[1]["summary"]
+    if why_not is None:
+        batch = rows[0]["dilation"]["batch_size"]
+    else:
+        batch = load_config(args.config, runs[0][1]).train.batch_size
+    cfgs = [load_config(args.config, [*o, f"train.batch_size={batch}"]) for _, o in runs]
+    gpu = gpu_prediction(cfgs, args.hosts, args.ranks_per_host, args.like)
     result = {
         "runs": {r["name"]: r["summary"] for r in rows},
+        "links": "emulated" if why_not is None else "loopback",
         "speedup": sptt["examples_per_s"] / flat["examples_per_s"],
         "cross_host_bytes_ratio": sptt["comm"]["cross_host_bytes"] / max(flat["comm"]["cross_host_bytes"], 1),
         "auc_difference": sptt["auc"] - flat["auc"],
+        "like": args.like,
+        "gpu_predicted_speedup": gpu[1] / gpu[0],
     }
     print(
         f"\nSPTT+TM vs flat: {result['speedup']:.2f}x examples/s, "
         f"{result['cross_host_bytes_ratio']:.2f}x cross-host bytes, AUC {result['auc_difference']:+.4f}"
+    )
+    if why_not is None:
+        result["dilation"] = rows[0]["dilation"]
+        result["predicted_speedup"] = rows[1]["predicted_examples_per_s"] / rows[0]["predicted_examples_per_s"]
+        print(
+            f"measured on links standing for {args.like}: {result['speedup']:.2f}x; the cost model predicted "
+            f"{result['predicted_speedup']:.2f}x for this emulated cluster"
+        )
+    else:
+        print(f"links: loopback ({why_not}), so this speedup shows compute alone")
+    print(
+        f"cost model, {args.hosts} x {args.ranks_per_host} {args.like} at {batch} samples per GPU: "
+        f"{result['gpu_predicted_speedup']:.2f}x end to end"
     )
     _write_json(out / "summary.json", result)
     return 0
@@ -128,6 +162,21 @@ def cmd_data_describe(args: argparse.Namespace) -> int:
         if key in info:
             print(f"{key}: {info[key]}")
     _write_json(args.out, info)
+    return 0
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    """Criteo TSV -> Parquet or npy day files, once (resumable); prints how to read the result."""
+    from dmt.config import load_config
+    from dmt.data.convert import convert
+
+    cfg = load_config(args.config, args.set)
+    done = convert(cfg.data, args.out, args.to, args.rows_per_part, args.row_group_rows, progress=not args.quiet)
+    print(
+        f"{done.to} in {done.out}: rows {done.rows}, malformed rows skipped {done.malformed_rows}; "
+        f"{len(done.written)} written now, {len(done.skipped)} already there"
+    )
+    print("read it with: --set " + " ".join(done.read_with))
     return 0
 
 
@@ -185,12 +234,32 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 def cmd_emulate(args: argparse.Namespace) -> int:
     from dmt.emulate import emulate
+    from dmt.emulate.faults import parse_fault
+    from dmt.emulate.rates import choose_rates
+    from dmt.emulate.report import print_emulation
 
     train_args = args.train_args[1:] if args.train_args[:1] == ["--"] else args.train_args
-    summary = emulate(args.hosts, args.ranks_per_host, args.cross_host_mbit, train_args, queue_ms=args.queue_ms)
-    for link in summary["link_bytes"]:
-        print(f"host {link['host']} link: {link['tx_bytes']:,} B sent, {link['rx_bytes']:,} B received")
+    faults = [parse_fault(f) for f in args.fault]
+    rates = choose_rates(args, train_args)
+    summary = emulate(
+        args.hosts,
+        args.ranks_per_host,
+        rates.cross_host_mbit,
+        rates.train_args,
+        queue_ms=args.queue_ms,
+        intra_host_mbit=rates.intra_host_mbit,
+        faults=faults,
+        max_restarts=args.max_restarts,
+    )
+    if rates.dilation is not None:
+        summary["dilation"] = rates.dilation
+        _write_json(Path(_out_of(rates.train_args)) / "summary.json", summary)
+    print_emulation(summary)
     return 0
+
+
+def _out_of(train_args: list[str]) -> str:
+    return train_args[train_args.index("--out") + 1]
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
@@ -240,6 +309,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--ranks-per-host", type=int, default=2)
     p.add_argument("--compression-ratio", type=float, default=4.0)
+    p.add_argument(
+        "--like", choices=["v100", "a100", "h100"], default="h100", help="the GPU the emulated links stand for"
+    )
+    p.add_argument("--loopback", action="store_true", help="loopback links even where the emulator could run")
     p.add_argument("--out", default="runs/demo", help="directory for both runs and summary.json")
     p.set_defaults(func=cmd_demo)
 
@@ -272,15 +345,38 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="JSON file; the heatmap is written beside it as .png")
     p.set_defaults(func=cmd_partition)
 
-    p = sub.add_parser("emulate", help="train on an emulated multi-host cluster with shaped cross-host links (root)")
+    p = sub.add_parser("emulate", help="train on an emulated multi-host cluster with shaped links (root)")
     p.add_argument("--hosts", type=int, required=True)
     p.add_argument("--ranks-per-host", type=int, required=True)
-    p.add_argument("--cross-host-mbit", type=float, required=True, help="shaped rate of each host's link, Mbit/s")
+    p.add_argument("--cross-host-mbit", type=float, help="shaped rate of each host's link (two tiers: uplink), Mbit/s")
+    p.add_argument(
+        "--intra-host-mbit", type=float, help="two tiers: each rank's own shaped link into its host's switch, Mbit/s"
+    )
+    p.add_argument(
+        "--ratio-of",
+        choices=["v100", "a100", "h100"],
+        help="two tiers at this GPU's ratio of intra-host to cross-host bandwidth (the presets' table)",
+    )
+    p.add_argument(
+        "--like",
+        choices=["v100", "a100", "h100"],
+        help="two tiers, both rates scaled by how much slower this machine computes the step than this GPU",
+    )
     p.add_argument(
         "--queue-ms",
         type=float,
         default=100.0,
         help="longest wait in a link's queue before a packet drops (default 100: deep, lossless)",
+    )
+    p.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="KIND:K=V,...",
+        help="outage:host=H,start=S,duration=D | loss:host=H,percent=P[,start=S,duration=D] | kill:rank=R,step=K",
+    )
+    p.add_argument(
+        "--max-restarts", type=int, default=0, help="torchrun restarts every rank up to N times after a failure"
     )
     p.add_argument("train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `dmt train`")
     p.set_defaults(func=cmd_emulate)
@@ -313,6 +409,14 @@ def make_parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--out", required=True, help="JSON file")
     p.set_defaults(func=cmd_data_describe)
+    p = data.add_parser("convert", help="Criteo TSV files -> Parquet or npy day files, parsed and hashed once")
+    _add_config(p)
+    p.add_argument("--to", choices=["parquet", "npy"], default="parquet")
+    p.add_argument("--out", required=True, help="output folder (holds manifest.json; rerun to continue)")
+    p.add_argument("--rows-per-part", type=int, default=1_000_000, help="input lines per Parquet file")
+    p.add_argument("--row-group-rows", type=int, default=1024, help="rows per Parquet row group")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_data_convert)
     return parser
 
 

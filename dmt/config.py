@@ -21,7 +21,8 @@ from dmt.errors import UserError
 
 @dataclass
 class SyntheticConfig:
-    """The synthetic click model: planted feature groups and a teacher (see dmt/data/synthetic.py).
+    """The synthetic click model: planted feature groups and a hidden teacher (dmt/data/synthetic.py;
+    docs/design.md, section 4).
 
     The three *_scale values are the standard deviations of the teacher logit's parts; the defaults
     give a Bayes-optimal eval AUC of about 0.80 at a positive rate of about 0.29, with logistic
@@ -44,7 +45,7 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    source: Literal["synthetic", "criteo_tsv", "criteo_npy", "nycflights13", "movielens100k"] = "synthetic"
+    source: Literal["synthetic", "criteo_tsv", "criteo_npy", "parquet", "nycflights13", "movielens100k"] = "synthetic"
     num_dense: int = 13  # dense columns (synthetic data draws this many too); nycflights13/movielens100k: ignored
     num_sparse: int = 26  # categorical columns of file sources; synthetic: sum(group_sizes)
     # criteo_tsv: a file or glob (sorted; .gz read as gzip); criteo_npy: the folder of day_N_*.npy files
@@ -65,6 +66,16 @@ class DataConfig:
     test_fraction: float = 0.1
     eval_split: Literal["test", "validation"] = "test"  # in-memory sets: what eval_batches (and train's AUC) use
     include_dep_delay: bool = False  # nycflights13: add departure delay as a dense feature (not pre-departure)
+    # parquet (dmt/data/parquet.py): column names or patterns; the defaults are what `dmt data convert` writes
+    label_column: str = "label"
+    dense_columns: list[str] = field(default_factory=lambda: ["dense_*"])
+    sparse_columns: list[str] = field(default_factory=lambda: ["cat_*"])
+    weight_columns: dict[str, str] = field(default_factory=dict)  # sparse column -> its list of weights
+    parquet_ids: Literal["check", "modulo"] = "check"  # integer ids >= table size: an error, or reduced mod it
+    # criteo_tsv: folder of the line indexes (one per file, built once); "": $DMT_INDEX_DIR or ~/.cache/dmt/line-index
+    index_dir: str = ""
+    reader_threads: int = 1  # criteo_tsv / parquet: threads that read and parse batches, several steps at once
+    prefetch: int = 2  # batches made ahead in a background thread while training; 0: in the training thread
 
 
 @dataclass
@@ -111,6 +122,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # scalars under DIR/tensorboard (rank 0)
     device: str = "cpu"
+    # dense parts (Tower Modules, head) in bfloat16 under autocast, TF32 for float32 matmuls on
+    # Ampere and newer; tables and the loss stay float32, exchanges at dist.comm_precision
+    precision: Literal["fp32", "bf16"] = "fp32"
+    profile: bool = False  # wait for the device around timed phases and collectives (exact times, no overlap)
     # the input exchange (ids) of batch i+1 runs in the background while batch i computes; the ids do not
     # depend on the parameters, so the result is bit-identical to the serial step
     pipeline: bool = False
@@ -305,6 +320,10 @@ def validate(cfg: Config) -> None:
                 f"got {s.shared_tables}"
             )
     _validate_files(cfg.data)
+    if cfg.data.reader_threads < 1:
+        raise UserError(f"data.reader_threads must be >= 1, got {cfg.data.reader_threads}")
+    if cfg.data.prefetch < 0:
+        raise UserError(f"data.prefetch must be >= 0 (0: no background loading), got {cfg.data.prefetch}")
     if cfg.dist.ranks_per_host < 0:
         raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")
     _positive("dist.fp16_grad_scale", cfg.dist.fp16_grad_scale)
@@ -329,6 +348,13 @@ def _validate_files(d: DataConfig) -> None:
             for key, days in (("train_days", d.train_days), ("test_days", d.test_days)):
                 if not days or any(x < 0 for x in days):
                     raise UserError(f"data.{key} must be a non-empty list of day numbers >= 0, got {days}")
+    if d.source == "parquet":
+        if not d.train_path or not d.test_path:
+            raise UserError("data.train_path and data.test_path must be set for data.source = 'parquet'")
+        if not d.sparse_columns:
+            raise UserError("data.sparse_columns must name at least one column for data.source = 'parquet'")
+        if any(n < 2 for n in d.table_sizes):
+            raise UserError(f"data.table_sizes must all be >= 2, got {d.table_sizes}")
     if d.source in ("nycflights13", "movielens100k"):
         for key, v in (("val_fraction", d.val_fraction), ("test_fraction", d.test_fraction)):
             if not 0 < v < 1:

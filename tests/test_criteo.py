@@ -108,7 +108,7 @@ def test_malformed_row_error_names_file_and_line(tmp_path: Path, line: int, reas
         list(src.eval_batches(8))
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
 @pytest.mark.parametrize("batch", [4, 7])
 def test_rank_shards_neither_drop_nor_repeat(tmp_path: Path, world: int, batch: int) -> None:
     n = 50  # divisible by neither world * batch: global batches straddle the end of the file
@@ -126,7 +126,7 @@ def test_rank_shards_neither_drop_nor_repeat(tmp_path: Path, world: int, batch: 
     assert sorted(got[: n - 1]) == [i for i in range(n) if i != 17]  # the first epoch: every good row once
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_eval_split_over_ranks(tmp_path: Path, world: int) -> None:
     test = write_rows(tmp_path / "test.tsv", 23, offset=1000)
     src = CriteoTsvSource(tsv_cfg(write_rows(tmp_path / "train.tsv", 5), test))
@@ -220,7 +220,7 @@ def npy_cfg(folder: Path, **kw) -> DataConfig:
     return DataConfig(**{**base, "train_days": [0, 1], "test_days": [2], **kw})
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("world", [1, 2, 3, 4])
 def test_npy_shards_resume_and_eval(tmp_path: Path, world: int) -> None:
     folder = write_days(tmp_path, {0: 13, 1: 8, 2: 10})
     src = make_source(npy_cfg(folder))

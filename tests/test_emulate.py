@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -18,6 +19,13 @@ def _namespaces() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.startswith(emu.PREFIX)]
 
 
+def _left_behind() -> tuple[list[str], list[str]]:
+    """Namespaces of emulators run by this test process, and its child processes still there."""
+    ours = [n for n in _namespaces() if n.startswith(f"{emu.PREFIX}{os.getpid()}")]
+    kids = subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True, text=True).stdout.split()
+    return ours, kids
+
+
 def test_clear_errors_before_touching_the_network(monkeypatch):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(UserError, match="needs root"):
@@ -27,6 +35,8 @@ def test_clear_errors_before_touching_the_network(monkeypatch):
         emu.check_can_emulate(1, 2, 100)
     with pytest.raises(UserError, match=r"cross-host-mbit must be in \(0, 400\]"):
         emu.check_can_emulate(2, 1, 1000)
+    with pytest.raises(UserError, match=r"intra-host-mbit must be in \(0, 400\], got 500"):
+        emu.check_can_emulate(2, 1, 100, intra_host_mbit=500)
     with pytest.raises(UserError, match="--queue-ms"):
         emu.check_can_emulate(2, 1, 100, queue_ms=0)
     with pytest.raises(UserError, match="--out DIR"):
@@ -35,7 +45,6 @@ def test_clear_errors_before_touching_the_network(monkeypatch):
 
 @needs_root
 def test_emulated_run_reports_link_bytes_and_cleans_up(tmp_path):
-    before = _namespaces()
     summary = emu.emulate(
         2,
         1,
@@ -67,7 +76,7 @@ def test_emulated_run_reports_link_bytes_and_cleans_up(tmp_path):
         ours = link["counted_cross_host_bytes"] + link["allreduce_payload_bytes_per_rank"]
         assert abs(payload / ours - 1) < 0.05, link
     assert len(summary["peak_rss_bytes"]) == 2 and min(summary["peak_rss_bytes"]) > 0
-    assert _namespaces() == before
+    assert _left_behind() == ([], [])
 
 
 @needs_root
@@ -78,3 +87,166 @@ def test_stale_namespaces_of_dead_emulators_are_removed():
     assert name in _namespaces()
     assert name in emu.remove_stale()
     assert name not in _namespaces()
+
+
+# ---- without root: the pieces ------------------------------------------------------------------
+
+
+def test_faults_parse_and_reject_bad_items():
+    from dmt.emulate.faults import Fault, check_faults, parse_fault
+
+    assert parse_fault("outage:host=1,start=2.5,duration=3") == Fault("outage", host=1, start=2.5, duration=3.0)
+    assert parse_fault("loss:host=0,percent=2") == Fault("loss", host=0, percent=2.0)
+    assert parse_fault("kill:rank=3,step=30") == Fault("kill", rank=3, step=30)
+    for text, message in [
+        ("flood:host=0", "unknown kind 'flood'; allowed: outage, loss, kill"),
+        ("outage:host=0,start=1", "outage needs duration=N"),
+        (
+            "outage:host=0,start=1,duration=2,percent=5",
+            "bad item 'percent=5'; outage takes host=N, start=N, duration=N",
+        ),
+        ("kill:rank=1.5,step=3", "rank must be a whole number >= 0, got 1.5"),
+        ("loss:host=0,percent=150", r"percent must be in \(0, 100\], got 150"),
+        ("outage:host=0,start=x,duration=1", "start='x' is not a number"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            parse_fault(text)
+    with pytest.raises(UserError, match=r"host 2 does not exist; hosts are 0..1"):
+        check_faults([parse_fault("outage:host=2,start=0,duration=1")], hosts=2, world=4)
+    with pytest.raises(UserError, match=r"rank 4 does not exist; ranks are 0..3"):
+        check_faults([parse_fault("kill:rank=4,step=1")], hosts=2, world=4)
+
+
+def test_stalls_are_log_windows_beyond_the_median(tmp_path):
+    from dmt.emulate.faults import stalls
+
+    # windows of 5 steps x 128 samples: 640 / examples_per_s seconds -> 0.4, 0.4, 3.4, 0.4
+    rates = [1600.0, 1600.0, 640 / 3.4, 1600.0]
+    (tmp_path / "m.jsonl").write_text(
+        "".join(json.dumps({"step": 5 * (i + 1), "examples_per_s": r}) + "\n" for i, r in enumerate(rates))
+    )
+    got = stalls(tmp_path / "m.jsonl", global_batch=128, log_every=5)
+    assert got["stalled_s"] == pytest.approx(3.0) and got["windows"] == 4
+    assert got["median_window_s"] == pytest.approx(0.4) and got["longest_window_s"] == pytest.approx(3.4)
+    assert stalls(tmp_path / "missing.jsonl", 128, 5)["stalled_s"] is None
+
+
+def test_link_tiers_by_hand():
+    from dmt.emulate.tiers import HEADER_BYTES, link_tiers
+
+    link = {
+        "host": 0,
+        "uplink_tx_bytes": 10_000 + 10 * HEADER_BYTES,
+        "uplink_tx_packets": 10,
+        "ports_rx_bytes": 30_000 + 25 * HEADER_BYTES,
+        "ports_rx_packets": 25,
+        "counted_cross_host_bytes": 9_000,
+        "allreduce_payload_bytes_per_rank": 800,  # over the loop, groups spanning hosts
+    }
+    summary = {
+        "world": {"hosts": 2, "ranks_per_host": 2},
+        "steps": 10,
+        "comm": {"intra_host_bytes": 900.0, "allreduce_bytes": 100.0},  # per step and rank
+        "link_train": [link],
+    }
+    t = link_tiers(summary)
+    ring = 2 * 3 / 4 * 800  # 2 (W - 1) / W of the spanning payload, one edge per host
+    inside = 100 * 10 - 800  # payload all-reduced inside the host: 2 (L - 1) / L of it per rank
+    assert t["cross"] == {"wire_bytes": 10_660, "payload_bytes": 10_000, "counted_bytes": 9_000 + ring}
+    assert t["intra"]["payload_bytes"] == 20_000
+    assert t["intra"]["counted_bytes"] == pytest.approx(900 * 10 * 2 + 1 * ring + 2 * 2 * 1 / 2 * inside)
+
+
+def test_netdev_parsing():
+    from dmt.train.resources import parse_netdev
+
+    text = (
+        "Inter-|   Receive                            |  Transmit\n"
+        " face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs\n"
+        "uplink: 100 2 0 0 0 0 0 0 300 4 0 0 0 0 0 0\n"
+        "    r0: 5 1 0 0 0 0 0 0 7 1 0 0 0 0 0 0\n"
+    )
+    assert parse_netdev(text) == {
+        "uplink": {"rx_bytes": 100, "rx_packets": 2, "tx_bytes": 300, "tx_packets": 4},
+        "r0": {"rx_bytes": 5, "rx_packets": 1, "tx_bytes": 7, "tx_packets": 1},
+    }
+
+
+class _Exited:
+    def __init__(self, code: int) -> None:
+        self.returncode = code
+
+
+def _process(tmp_path, name: str, host: int, ranks: list[int], code: int, log: str, at: float):
+    from dmt.emulate.launch import Process
+
+    (tmp_path / f"{name}.log").write_text(log)
+    return Process(name, host, ranks, _Exited(code), tmp_path / f"{name}.log", exited_at=at)
+
+
+def test_a_failure_becomes_one_line(tmp_path):
+    from dmt.distributed.launch import RankFailure
+    from dmt.emulate.launch import failure
+
+    agent = "E1202 04:55:37.233000 1 api.py:1002] failed (exitcode: {code}) local_rank: {local} (pid: {pid}) of binary"
+    bad = "[rank2]:dmt: error: rank 2: data.train_path must be set\n" + agent.format(code=2, local=0, pid=7)
+    e = failure(
+        [_process(tmp_path, "host0", 0, [0, 1], 1, "", 2.0), _process(tmp_path, "host1", 1, [2, 3], 1, bad, 1.0)], 10
+    )
+    assert isinstance(e, UserError) and str(e) == "data.train_path must be set"
+    killed = agent.format(code=-9, local=1, pid=4242)
+    reset = "[rank0]: RuntimeError: Connection reset by peer\n" + agent.format(code=1, local=0, pid=11)
+    e = failure(
+        [_process(tmp_path, "host0", 0, [0, 1], 1, reset, 1.0), _process(tmp_path, "host1", 1, [2, 3], 1, killed, 2.0)],
+        10,
+    )
+    assert isinstance(e, RankFailure) and e.exit_code == 1
+    assert str(e).startswith("rank 3 (host 1, pid 4242) was killed by signal SIGKILL; every rank stopped")
+    timeout = "[rank1]: RuntimeError: [gloo] Timed out waiting 8000ms for recv operation\n" + agent.format(
+        code=1, local=0, pid=5
+    )
+    e = failure([_process(tmp_path, "rank1", 0, [1], 1, timeout, 1.0)], 8)
+    assert "rank 1 (host 0, pid 5) failed (a collective waited longer than dist.timeout_s of 8 s" in str(e)
+    assert "Timed out waiting 8000ms" in str(e) and "\n" not in str(e)
+
+
+def test_ratio_of_a_preset():
+    from dmt.emulate.rates import ratio_rates
+
+    intra, up = ratio_rates("h100", 2, None)
+    assert intra == 400.0 and up == pytest.approx(2 * 400 * 48 / 370)
+    assert ratio_rates("a100", 4, 200.0) == (200.0, pytest.approx(4 * 200 * 25 / 235))
+
+
+def test_bad_training_arguments_stop_before_any_namespace(monkeypatch, capsys):
+    """A bad value after `--` is checked once, in the parent: one line, exit code 2."""
+    from dmt.cli import main
+
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(emu.network, "create", lambda c: pytest.fail("the network was built"))
+    argv = ["emulate", "--hosts", "2", "--ranks-per-host", "2", "--cross-host-mbit", "100", "--"]
+    assert main([*argv, "--config", "demo", "--set", "train.steps=-1", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err == "dmt: error: config key 'train.steps' must be > 0, got -1\n"
+
+
+# ---- with root: two tiers -------------------------------------------------------------------------
+
+
+@needs_root
+def test_two_tiers_wire_bytes_agree_with_our_counters(tmp_path):
+    """Per tier, over the training loop: the kernel's TCP payload within 5% of what we counted."""
+    args = ["--config", "demo", "--set", "train.steps=8", "train.batch_size=64", "train.progress=false"]
+    args += ["train.tensorboard=false", "data.synthetic.eval_samples=1024", "dist.mode=sptt"]
+    summary = emu.emulate(
+        2, 2, 100, [*args, "model.compression_ratio=4", "--out", str(tmp_path)], port=29621, intra_host_mbit=300
+    )
+    assert _left_behind() == ([], [])
+    assert summary["emulation"]["intra_host_mbit"] == 300
+    assert [r["rank"] for r in summary["rank_link_bytes"]] == [0, 1, 2, 3]
+    tiers = summary["link_tiers"]
+    for tier in ("intra", "cross"):
+        t = tiers[tier]
+        assert t["counted_bytes"] > 1e6, tier
+        assert abs(t["payload_bytes"] / t["counted_bytes"] - 1) < 0.05, (tier, t)
+        assert t["wire_bytes"] > t["counted_bytes"]  # the headers

@@ -7,7 +7,7 @@ emulated topology. One run of the script produces every row.
 
     .venv/bin/python -m benchmarks.emulated.run [--mbit 100] [--steps 200] [--only SUBSTRING]
 
-Per topology, a calibration run (calibrate.py) first measures the cluster's latencies, loopback
+Per topology, a calibration run (dmt/emulate/probe.py) first measures the cluster's latencies, loopback
 bandwidth and per-process runtime memory; `dmt.cost.presets.emulated` turns them and the tbf rate
 into a Cluster. Then each training run is predicted (communication time, per-rank memory) and
 measured. Writes results.json and results.md here:
@@ -95,9 +95,7 @@ RUNS = [  # name, model, cost-model mode, compression ratio, overrides, (precisi
 
 def calibrate(hosts: int, per_host: int, mbit: float, queue_ms: float) -> dict:
     out = Path("runs/bench_emulated") / f"{hosts}x{per_host}" / "calibration"
-    return emulate(
-        hosts, per_host, mbit, ["--out", str(out)], entry=("benchmarks.emulated.calibrate",), queue_ms=queue_ms
-    )
+    return emulate(hosts, per_host, mbit, ["--out", str(out)], entry=("dmt.emulate.probe",), queue_ms=queue_ms)
 
 
 def predict(config: str, overrides: list[str], mode: str, ratio: float | None, layout: Layout, cluster) -> dict:

@@ -16,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmt.config import Config
+from dmt.cost.compute import OpCounts
 from dmt.cost.memory import RankMemory, memory_summary, rank_memory
 from dmt.cost.presets import Cluster
+from dmt.cost.step import StepTiming, step_timing
 from dmt.cost.timing import ModeTiming, TimingModel, mode_timing
 from dmt.cost.traffic import ModeTraffic, traffic
 from dmt.cost.workload import (
@@ -47,6 +49,17 @@ class ModeEstimate:
     traffic: ModeTraffic
     timing: ModeTiming
     memory: list[RankMemory] | None = None
+    step: StepTiming | None = None  # end to end, when the cluster has compute rates
+
+    @property
+    def step_s(self) -> float | None:
+        return None if self.step is None else self.step.step_s
+
+    @property
+    def examples_per_s(self) -> float | None:
+        """Samples the whole cluster trains per second, end to end."""
+        layout = self.traffic.plan.layout
+        return None if self.step is None else layout.world * self.traffic.workload.batch_size / self.step.step_s
 
     def summary(self) -> dict:
         mean = self.traffic.mean()
@@ -56,8 +69,11 @@ class ModeEstimate:
             "intra_host_bytes": mean["intra_host_bytes"],
             "messages": mean["messages"],
             "allreduce_bytes": mean["allreduce_bytes"],
-            "step_s": self.timing.step_s,
-            "compute_s": self.timing.compute_s,
+            "step_s": self.step_s,
+            "compute_s": None if self.step is None else self.step.compute_s,
+            "exposed_comm_s": None if self.step is None else self.step.exposed_s,
+            "overlap_s": None if self.step is None else self.step.overlap_s,
+            "examples_per_s": self.examples_per_s,
             "towers": len(self.traffic.workload.shape.towers),
             "tower_widths": list(self.traffic.workload.shape.tower_widths),
             "by_phase": mean["by_phase"],
@@ -126,14 +142,16 @@ class Estimator:
 
     # ---- estimates --------------------------------------------------------------------------
 
-    def run(self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True) -> ModeEstimate:
+    def run(
+        self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True, ops: OpCounts | None = None
+    ) -> ModeEstimate:
+        """ops: the operators a rank's step launches, for a cluster that charges them (op_s > 0)."""
         tr = traffic(mode, self.workload(shape), layout)
         timing = mode_timing(tr, self.cluster, self.model, pipelined=self.cfg.train.pipeline)
-        mem = None
-        if memory:
-            t = self.cfg.train
-            mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer)
-        return ModeEstimate(mode, tr, timing, mem)
+        t = self.cfg.train
+        mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer) if memory else None
+        step = step_timing(tr, timing, self.cluster, ops, t.dense_optimizer)
+        return ModeEstimate(mode, tr, timing, mem, step)
 
     def modes(self, layout: Layout, strict: bool = True, memory: bool = True) -> dict[str, ModeEstimate]:
         towers, _ = self.towers_for(layout.hosts, strict)
@@ -152,7 +170,7 @@ def speedups(modes: dict[str, ModeEstimate]) -> dict:
         t = modes[name].timing
         out[f"{name}_over_flat"] = {
             "comm": _ratio(flat.comm_s, t.comm_s),
-            "step": flat.step_s / t.step_s if flat.step_s and t.step_s else None,
+            "step": modes["flat"].step_s / modes[name].step_s if modes["flat"].step_s and modes[name].step_s else None,
             "cross_host_bytes_ratio": _ratio(
                 modes[name].traffic.mean()["cross_host_bytes"], modes["flat"].traffic.mean()["cross_host_bytes"]
             ),
@@ -189,7 +207,8 @@ def _short(e: ModeEstimate) -> dict:
     mean = e.traffic.mean()
     return {
         "comm_s": e.timing.comm_s,
-        "step_s": e.timing.step_s,
+        "step_s": e.step_s,
+        "examples_per_s": e.examples_per_s,
         "cross_host_bytes": mean["cross_host_bytes"],
         "intra_host_bytes": mean["intra_host_bytes"],
         "messages": mean["messages"],
@@ -222,6 +241,7 @@ def estimate_report(
         **{m: e.summary() for m, e in modes.items()},
         "speedup": speedups(modes),
         "breakdown": {m: e.timing.as_dict() for m, e in modes.items()},
+        "end_to_end": {m: e.step.as_dict() for m, e in modes.items() if e.step is not None},
         "scaling": scaling(est, layout.ranks_per_host, gpus),
     }
     return payload
@@ -245,29 +265,52 @@ def print_report(payload: dict) -> None:
         f"{payload['arch']} with {payload['features']} features, d={payload['embedding_dim']}, "
         f"B={payload['batch_size']} per rank, {payload['towers']['count']} towers ({payload['towers']['source']})"
     )
+    print("\ncommunication alone, per step and rank:")
     print(
         f"{'mode':8} {'cross MB':>10} {'intra MB':>10} {'msgs':>7} {'a2a ms':>9} {'allred ms':>9} "
-        f"{'comm ms':>9} {'step ms':>9} {'mem GB':>8}"
+        f"{'comm ms':>9} {'mem GB':>8}"
     )
     for m in MODES:
         s, b = payload[m], payload["breakdown"][m]
         mem = s.get("memory", {}).get("max_total_bytes")
         print(
             f"{m:8} {_mb(s['cross_host_bytes'])} {_mb(s['intra_host_bytes'])} {s['messages']:7.0f} "
-            f"{_ms(b['alltoall_s'])} {_ms(b['allreduce_s'])} {_ms(s['comm_s'])} {_ms(s['step_s'])} "
+            f"{_ms(b['alltoall_s'])} {_ms(b['allreduce_s'])} {_ms(s['comm_s'])} "
             f"{'-' if mem is None else f'{mem / 1e9:8.2f}'}"
         )
+    e2e = payload.get("end_to_end") or {}
+    if e2e:
+        print("\nend to end (compute + communication, with the overlap the code has):")
+        print(f"{'mode':8} {'step ms':>9} {'compute':>9} {'exposed':>9} {'overlap':>9} {'examples/s':>12}")
+        for m in MODES:
+            e = e2e[m]
+            eps = payload[m]["examples_per_s"]
+            print(
+                f"{m:8} {_ms(e['step_s'])} {_ms(e['compute_s'])} {_ms(e['exposed_comm_s'])} {_ms(e['overlap_s'])} "
+                f"{eps:12,.0f}"
+            )
     for name, sp in payload["speedup"].items():
         step = "-" if sp["step"] is None else f"{sp['step']:.2f}x"
-        print(f"{name}: comm {sp['comm']:.2f}x, step {step}, cross-host bytes x{sp['cross_host_bytes_ratio']:.3f}")
+        print(
+            f"{name}: end to end {step}, communication {sp['comm']:.2f}x, "
+            f"cross-host bytes x{sp['cross_host_bytes_ratio']:.3f}"
+        )
     print(f"\nscaling ({payload['world']['ranks_per_host']} ranks per host): predicted ms per step")
-    print(f"{'GPUs':>6} {'hosts':>6} {'flat comm':>10} {'sptt comm':>10} {'tm comm':>10} {'comm x':>7} {'step x':>7}")
+    print(
+        f"{'GPUs':>6} {'hosts':>6} {'flat step':>10} {'tm step':>10} {'flat comm':>10} {'tm comm':>10} "
+        f"{'step x':>7} {'comm x':>7}"
+    )
     for r in payload["scaling"]:
         sp = (r.get("speedup") or {}).get("sptt_tm_over_flat") or {}
         comm_x = f"{sp['comm']:7.2f}" if sp else "      -"
         step_x = f"{sp['step']:7.2f}" if sp.get("step") else "      -"
-        cells = [_ms((r[m] or {}).get("comm_s")) if r[m] else "        -" for m in MODES]
-        print(f"{r['gpus']:6d} {r['hosts']:6d} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10} {comm_x} {step_x}")
+        cells = [
+            _ms((r[m] or {}).get(k)) if r[m] else "        -" for k in ("step_s", "comm_s") for m in ("flat", "sptt_tm")
+        ]
+        print(
+            f"{r['gpus']:6d} {r['hosts']:6d} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10} {cells[3]:>10} "
+            f"{step_x} {comm_x}"
+        )
 
 
 def plot_scaling(payload: dict, path: str | Path) -> Path:
@@ -279,25 +322,26 @@ def plot_scaling(payload: dict, path: str | Path) -> Path:
 
     rows = payload["scaling"]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for m, style in zip(MODES, ("o-", "s--", "^-"), strict=True):
-        pts = [(r["gpus"], r[m]["comm_s"] * 1e3) for r in rows if r[m]]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), style, label=f"{m} comm")
+    for m, color in zip(MODES, ("C0", "C1", "C2"), strict=True):
+        for key, style in (("step_s", "o-"), ("comm_s", "^:")):
+            pts = [(r["gpus"], r[m][key] * 1e3) for r in rows if r[m] and r[m][key]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, color=color, label=f"{m} {key.split('_')[0]}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("GPUs")
     ax.set_ylabel("predicted ms per step")
-    ax.set_title(f"{payload['preset']}: embedding + gradient communication")
+    ax.set_title(f"{payload['preset']}: step (end to end) and communication")
     ax.legend()
     ax.grid(True, which="both", alpha=0.3)
-    for key, style in (("comm", "^-"), ("step", "o--")):
+    for key, style in (("step", "o-"), ("comm", "^:")):
         pts = [
             (r["gpus"], r["speedup"]["sptt_tm_over_flat"][key])
             for r in rows
             if r.get("speedup") and r["speedup"]["sptt_tm_over_flat"][key]
         ]
         if pts:
-            ax2.plot(*zip(*pts, strict=True), style, label=f"sptt_tm / flat, {key}")
+            ax2.plot(*zip(*pts, strict=True), style, label=f"sptt_tm / flat, {'end to end' if key == 'step' else key}")
     ax2.axhline(1.0, color="grey", lw=0.8)
     ax2.set_xscale("log", base=2)
     ax2.set_xlabel("GPUs")

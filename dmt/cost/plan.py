@@ -71,12 +71,12 @@ def plan_report(
                     "compression_ratio": cr,
                     "tower_module": "identity" if cr == 1 else cfg.model.tower_module,
                     "comm_s": t.comm_s,
-                    "step_s": t.step_s,
+                    "step_s": run.step_s,
                     "cross_host_bytes": mean["cross_host_bytes"],
                     "intra_host_bytes": mean["intra_host_bytes"],
                     "messages": mean["messages"],
                     "speedup_comm": flat.timing.comm_s / t.comm_s if t.comm_s > 0 else None,
-                    "speedup_step": flat.timing.step_s / t.step_s if t.step_s else None,
+                    "speedup_step": flat.step_s / run.step_s if run.step_s else None,
                 }
             )
     ok = [c for c in candidates if "error" not in c]
@@ -91,7 +91,7 @@ def plan_report(
         "max_compression_ratio": max_compression_ratio,
         "flat": {
             "comm_s": flat.timing.comm_s,
-            "step_s": flat.timing.step_s,
+            "step_s": flat.step_s,
             "cross_host_bytes": flat_mean["cross_host_bytes"],
             "intra_host_bytes": flat_mean["intra_host_bytes"],
             "messages": flat_mean["messages"],

@@ -5,23 +5,25 @@ One all-to-all call, one rank, one tier (intra-host over NVLink, cross-host over
     t_tier = lat_tier + n_tier * mu_tier + bytes_tier / bw_tier        (0 when n_tier = 0)
     t_call = max(t_intra, t_cross)          both tiers drain at once; the call ends with the slower
 
-    lat_tier   cluster latency of one call (presets.py: about 4 us for an NCCL send/recv inside a
-               node, 25 us for a small collective across nodes)
+    lat_tier   cluster latency of one call (4 us NCCL send/recv intra-node, 25 us small multi-node
+               collectives; presets.py)
     mu_tier    per-message (per-peer) overhead; equivalently a message-size efficiency
                eta(s) = s / (s + mu * bw), i.e. half the bandwidth at s_half = mu * bw bytes
     bw_intra   cluster.intra_gbps
     bw_cross   cluster.nic_gbps * g(H),  g(H) = g_inf + (1 - g_inf) / (H - 1)  (1 at H <= 2)
                (times the wire's payload share; with a shared host link, host_link_gbps, and the
                bytes of all the host's ranks in the call: the emulator's hosts have one link each;
-               a token-bucket link, burst_bytes > 0, passes that many bytes of a call at once)
+               a token-bucket link, burst_bytes > 0, passes that many bytes of a call at once;
+               the two-tier emulator's rank link, cross_via_intra, carries the call's cross-host
+               bytes too, so there t_intra counts intra + cross bytes)
 
-Why g falls only mildly: the all-to-all bus bandwidth of about 2x the NIC at 2 nodes, falling toward
-1x at many nodes, that nccl-tests report counts every byte; at H hosts of L GPUs only
-(W - L) / (W - 1) of them cross a NIC, so a NIC-bound all-to-all shows
-busbw = NIC * (W - 1) / (W - L): 1.9x at 2x8, -> 1x at scale.
+Why g falls only mildly: the "2x NIC at 2 nodes toward 1x at many nodes" of published all-to-all
+measurements (docs/cost_model.md) is nccl-tests
+bus bandwidth, which counts every byte; at H hosts of L GPUs only (W - L) / (W - 1) of them cross
+a NIC, so a NIC-bound all-to-all shows busbw = NIC * (W - 1) / (W - L): 1.9x at 2x8, -> 1x at scale.
 This model keeps intra bytes on NVLink, so that curve falls out of the accounting
 (`alltoall_busbw`); g(H) adds the fabric congestion of many hosts on top (ours, g_inf = 0.85).
-mu_cross = 2 us is calibrated on an nccl-tests all-to-all of 64 x H800 (8 x 8, ~48 GB/s NICs) at
+mu_cross = 2 us is calibrated on a published measurement, 64 x H800 (8 x 8, ~48 GB/s NICs) at
 128 KB per peer: 24-28 GB/s busbw; the model gives 26.4 (s_half = 2 us * 48 GB/s * g(8) = 84 KB).
 mu_intra = 0.5 us is ours (s_half = 185 KB on H100 NVLink).
 
@@ -31,10 +33,8 @@ A step runs its calls one after another and every call waits for its slowest mem
     allreduce_s = max over ranks of sum of its ring all-reduces:
                   lat + 2 (n - 1) / n * bytes / bw,  bw = NIC if the group spans hosts else NVLink
                   the head's ("dense") runs beside the backward's exchanges, the Tower Modules' after
-    compute_s   = max over ranks of 3 * forward FLOPs / (peak_tflops * mfu)   (fwd + 2x for bwd)
     comm_s      = forward_s + max(backward_s, head all-reduce, both on the most loaded cross-host
                   link together) + Tower Module all-reduces
-    step_s      = comm_s + compute_s (communication never hides compute: conservative)
 
     input_s     the forward's input (id) exchange calls (counts and ids) inside alltoall_s
     exposed_s   what the step waits for: comm_s, less input_s when the step is pipelined
@@ -42,8 +42,8 @@ A step runs its calls one after another and every call waits for its slowest mem
                 stays the time with a collective in flight, since the ids still use the links)
 
 Precision: the widths on the wire are in the traffic (dist.comm_precision, allreduce_precision).
-Not modelled: embedding lookup time (memory bound), overlap of communication with compute other
-than the pipelined input exchange, and load imbalance other than through the per-rank maxima above.
+This is communication alone; step.py adds the compute (compute.py) and the overlaps between them.
+Not modelled: load imbalance other than through the per-rank maxima above.
 """
 
 from __future__ import annotations
@@ -65,7 +65,6 @@ class TimingModel:
     per_message_intra_s: float = 0.5e-6  # ours
     per_message_cross_s: float = 2.0e-6  # fits 64 x H800 at 128 KB/peer: 24-28 GB/s busbw
     fabric_floor: float = 0.85  # g_inf: cross-host efficiency of an all-to-all over many hosts (ours)
-    mfu: float = 0.35  # achieved fraction of peak FLOP/s in the dense part (ours)
 
 
 def fabric_efficiency(model: TimingModel, hosts: int) -> float:
@@ -84,8 +83,13 @@ def tier_time(nbytes: float, messages: int, latency: float, per_message: float, 
 
 def call_times(p: PhaseTraffic, cluster: Cluster, model: TimingModel, hosts: int) -> tuple[float, float]:
     """(intra, cross) seconds of one all-to-all call for one rank."""
+    own_link = p.intra_bytes + (p.cross_bytes if cluster.cross_via_intra else 0.0)
     intra = tier_time(
-        p.intra_bytes, p.intra_messages, cluster.latency_intra_s, model.per_message_intra_s, cluster.intra_gbps * GB
+        max(0.0, own_link - cluster.intra_burst_bytes),
+        p.intra_messages + (p.cross_messages if cluster.cross_via_intra else 0),
+        cluster.latency_intra_s,
+        model.per_message_intra_s,
+        cluster.intra_gbps * GB,
     )
     cross_bw = cross_bandwidth(cluster, model, hosts)
     paced = max(0.0, p.cross_bytes - cluster.burst_bytes)  # a token bucket lets its depth through at once
@@ -186,10 +190,11 @@ class ModeTiming:
     backward_s: float = 0.0  # and of backward (gradient) calls
     alltoall_s: float = 0.0
     allreduce_s: float = 0.0
-    compute_s: float | None = None
     comm_s: float = 0.0
-    step_s: float | None = None
-    input_s: float = 0.0  # the input (id) exchange's calls, part of alltoall_s
+    beside_s: float = 0.0  # the head's all-reduce (beside the backward's exchanges)
+    together_s: float = 0.0  # the backward's cross-host bytes and the head's all-reduce on one link
+    after_s: float = 0.0  # the Tower Modules' all-reduces (after the backward)
+    input_s: float = 0.0  # the input (id) exchange's calls, part of forward_s
     pipelined: bool = False
 
     @property
@@ -202,8 +207,6 @@ class ModeTiming:
             "comm_s": self.comm_s,
             "alltoall_s": self.alltoall_s,
             "allreduce_s": self.allreduce_s,
-            "compute_s": self.compute_s,
-            "step_s": self.step_s,
             "intra_s": self.intra_s,
             "cross_s": self.cross_s,
             "forward_s": self.forward_s,
@@ -240,9 +243,6 @@ def mode_timing(
     beside = _allreduce_s(traffic, cluster, lambda group: group == "dense")
     after = _allreduce_s(traffic, cluster, lambda group: group != "dense")
     together = _shared_link_s(traffic, cluster, model)
-    compute = None
-    if cluster.peak_tflops is not None:
-        compute = 3.0 * max(rank_flops(traffic)) / (cluster.peak_tflops * 1e12 * model.mfu)
     comm = forward + max(backward_s, beside, together) + after
     return ModeTiming(
         mode=traffic.mode,
@@ -253,9 +253,10 @@ def mode_timing(
         backward_s=backward_s,
         alltoall_s=alltoall,
         allreduce_s=allreduce,
-        compute_s=compute,
         comm_s=comm,
-        step_s=None if compute is None else comm + compute,
+        beside_s=beside,
+        together_s=together,
+        after_s=after,
         input_s=sum(t for p, t in calls.items() if is_input_phase(p)),
         pipelined=pipelined,
     )

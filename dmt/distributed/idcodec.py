@@ -102,11 +102,13 @@ class IdCodec:
     def __init__(self, rows: dict[str, int]) -> None:
         self.rows = dict(rows)
 
-    def encode(self, parts: list[tuple[Tensor, Tensor, Tensor | None]], features: list[str]) -> Tensor:
+    def encode(
+        self, parts: list[tuple[Tensor, Tensor, Tensor | None]], features: list[str], device: torch.device | None = None
+    ) -> Tensor:
         """parts: per feature (values [n_f], lengths [S], weights [n_f] or None), in message order;
-        features: their names. -> uint8 message."""
+        features: their names; device: where the message goes (default: the values'). -> uint8 message."""
         if not parts:
-            return torch.empty(0, dtype=torch.uint8)
+            return torch.empty(0, dtype=torch.uint8, device=device)
         device = parts[0][0].device
         f = len(parts)
         values = torch.cat([p[0] for p in parts]).long()

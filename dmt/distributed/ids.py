@@ -18,6 +18,7 @@ from torch import Tensor
 
 from dmt.distributed.comm import CommCounter, Exchange
 from dmt.distributed.idcodec import IdCodec
+from dmt.guard import allowed_sync
 from dmt.sparse import KeyedJagged
 
 
@@ -68,14 +69,16 @@ def send_ids(
         lengths = torch.cat([p[1] for p in sub]) if sub else kj.lengths[:0]
         values = torch.cat([p[0] for p in sub]) if sub else kj.values[:0]
         if codec is not None and j != ex.index:
-            payloads.append(codec.encode(sub, feats).to(kj.values.device))
+            with allowed_sync("dedup_ids: a message's bit widths are chosen on the host"):
+                payloads.append(codec.encode(sub, feats, kj.values.device))
         else:
             pieces = [lengths.to(torch.int32), values.to(id_dtype)]
             if weighted:
                 pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
             payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
         counts.append([lengths.numel(), values.numel()] + ([payloads[-1].numel()] if codec is not None else []))
-    recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
+    with allowed_sync("the receive buffer's size: the all-to-all takes its splits on the host"):
+        recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
     id_size = id_dtype.itemsize
     per_value = id_size + (4 if weighted else 0)
     if codec is not None:
@@ -86,28 +89,35 @@ def send_ids(
 
     n = len(mine)
     sizes = [c[0] // n if n else 0 for c in recv]
-    by_source = []
-    offset = 0
+    sources, offset = [], 0  # per source member: lengths [n * B_j], values, weights
     for j, (c, nbytes) in enumerate(zip(recv, recv_bytes, strict=True)):
         nl, nv = c[0], c[1]
         if codec is not None and j != ex.index:
-            values, lengths, weights = codec.decode(got[offset : offset + nbytes], mine, nl, nv, weighted)
+            with allowed_sync("dedup_ids: a message's bit widths are read on the host"):
+                values, lengths, weights = codec.decode(got[offset : offset + nbytes], mine, nl, nv, weighted)
         else:
             lengths = _from_bytes(got, offset, nl, torch.int32).long()
             values = _from_bytes(got, offset + 4 * nl, nv, id_dtype).long()
             weights = _from_bytes(got, offset + 4 * nl + id_size * nv, nv, torch.float32) if weighted else None
         offset += nbytes
-        if n:
-            by_source.append(KeyedJagged(mine, values, lengths, weights).per_key())
+        sources.append((lengths, values, weights))
+    if not n:
+        return KeyedJagged.concat_keys([], [], 0, kj.values.device), sizes
+    with allowed_sync("ids per feature and source, to regroup the received ids by feature"):
+        per_source = torch.stack([ln.view(n, -1).sum(1) for ln, _, _ in sources]).tolist()  # [sources][n]
+    split = [
+        (ln.view(n, -1).unbind(0), v.split(c), w.split(c) if weighted else [None] * n)
+        for (ln, v, w), c in zip(sources, per_source, strict=True)
+    ]
     parts_out = [
         (
-            torch.cat([s[f][0] for s in by_source]),
-            torch.cat([s[f][1] for s in by_source]),
-            torch.cat([s[f][2] for s in by_source]) if weighted else None,
+            torch.cat([s[1][i] for s in split]),
+            torch.cat([s[0][i] for s in split]),
+            torch.cat([s[2][i] for s in split]) if weighted else None,
         )
-        for f in mine
+        for i in range(n)
     ]
-    return KeyedJagged.concat_keys(parts_out, mine, sum(sizes)), sizes
+    return KeyedJagged.concat_keys(parts_out, mine, sum(sizes), kj.values.device), sizes
 
 
 def _as_bytes(t: Tensor) -> Tensor:

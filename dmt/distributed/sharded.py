@@ -12,8 +12,8 @@ on process groups of its own, so it may run ahead (a pipelined step routes batch
 computes) and `forward(dense, routed)` then runs the rest. A plain `loss.backward()` then leaves on
 every parameter the rank holds the gradient of the global batch's mean loss (gradsync.py), so the
 optimizers' `step()` train exactly as the one-device model would on the global batch (`dmt verify`).
-In a world of one the
-wrapper is the model itself plus counters: the same training loop serves every topology.
+In a world of one the wrapper is the model itself plus counters: the same training loop serves
+every topology. `wire` (dmt/distributed/wire.py) sets the exchanges' widths and id deduplication.
 
 `module` is the one-device model, trimmed to what this rank holds: its parameter names are the
 one-device names, so its state_dict is this rank's part of the one-device state_dict.
@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 from torch import Tensor, nn
 
 from dmt.distributed.comm import CommCounter, Exchange
@@ -60,6 +61,8 @@ class ShardedModel(nn.Module):
         topology: Topology,
         sharding: ShardingPlan,
         timer: PhaseTimer | None = None,
+        profile: bool = False,
+        precision: str = "fp32",
         wire: WireOptions | None = None,
     ) -> None:
         super().__init__()
@@ -75,23 +78,21 @@ class ShardedModel(nn.Module):
         self.module = model
         self.widths = model.embeddings.feature_dims
         self.counter = CommCounter()
-        self.timer = timer if timer is not None else PhaseTimer()
+        self.timer = timer if timer is not None else PhaseTimer(sync_cuda=profile)
+        self.precision = precision
         if sharding.mode == "single":
             self.sync = None
             return
-        me, rows = self.rank, self.wire.rows
-        everyone, host, rail = (
-            list(range(layout.world)),
-            layout.host_ranks(topology.host),
-            layout.peer_ranks(topology.local),
-        )
-        self.world_ex = Exchange(topology.world_group, everyone, me, layout, self.counter, "global", rows)
-        self.intra_ex = Exchange(topology.intra_group, host, me, layout, self.counter, "intra", rows)
-        self.peer_ex = Exchange(topology.peer_group, rail, me, layout, self.counter, "peer", rows)
+        me, rows, counter = self.rank, self.wire.rows, self.counter
+        everyone = list(range(layout.world))
+        host, rail = layout.host_ranks(topology.host), layout.peer_ranks(topology.local)
+        self.world_ex = Exchange(topology.world_group, everyone, me, layout, counter, "global", rows, profile)
+        self.intra_ex = Exchange(topology.intra_group, host, me, layout, counter, "intra", rows, profile)
+        self.peer_ex = Exchange(topology.peer_group, rail, me, layout, counter, "peer", rows, profile)
         # the input exchanges (ids) on groups of their own; `route` gives each call its own counter
-        self.input_world_ex = Exchange(topology.input_world_group, everyone, me, layout, self.counter, "global")
-        self.input_intra_ex = Exchange(topology.input_intra_group, host, me, layout, self.counter, "intra")
-        self.input_peer_ex = Exchange(topology.input_peer_group, rail, me, layout, self.counter, "peer")
+        self.input_world_ex = Exchange(topology.input_world_group, everyone, me, layout, counter, "global")
+        self.input_intra_ex = Exchange(topology.input_intra_group, host, me, layout, counter, "intra")
+        self.input_peer_ex = Exchange(topology.input_peer_group, rail, me, layout, counter, "peer")
         features = model.embeddings.features
         self.codec = IdCodec({f.name: f.num_embeddings for f in features}) if self.wire.dedup_ids else None
         spans_hosts, dtype = layout.hosts > 1, self.wire.allreduce_dtype
@@ -135,20 +136,29 @@ class ShardedModel(nn.Module):
 
     def forward(self, dense: Tensor, sparse) -> Tensor:
         """dense [B, num_dense], sparse (KeyedJagged or TorchRec KeyedJaggedTensor, this rank's B
-        samples; or what `route` made of them) -> logits [B]."""
+        samples; or what `route` made of them) -> logits [B] (float32)."""
         if isinstance(sparse, RoutedIds):
             routed = sparse
         elif self.plan.mode == "single":
-            return self.module(dense, as_keyed_jagged(sparse))
+            routed = None
         else:
             with self.timer("input_exchange"):
                 routed = self.route(sparse)
-        self.counter.merge(routed.counter)
-        if self.plan.mode == "single":
-            return self.module(dense, routed.ids)
-        logits = (sptt_compute if self.plan.mode == "sptt" else flat_compute)(self, dense, routed)
+        with self.autocast():
+            if self.plan.mode == "single":
+                return self.module(dense, as_keyed_jagged(sparse) if routed is None else routed.ids).float()
+            self.counter.merge(routed.counter)
+            compute = sptt_compute if self.plan.mode == "sptt" else flat_compute
+            logits = compute(self, dense, routed).float()
         self.sync.attach(logits)
         return logits
+
+    def autocast(self):
+        """precision "bf16": the dense parts (Tower Modules, head) compute in bfloat16 under
+        autocast; tables, pooling, exchanges and the loss stay float32 (a Tower Module's output is
+        cast back before it crosses hosts)."""
+        device = next((p.device.type for p in self.module.parameters()), "cpu")
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 def shard(
@@ -157,15 +167,18 @@ def shard(
     mode: str = "sptt",
     sharding: ShardingPlan | None = None,
     timer: PhaseTimer | None = None,
+    profile: bool = False,
+    precision: str = "fp32",
     wire: WireOptions | None = None,
 ) -> ShardedModel:
     """Shard a one-device model over `topology` ("flat" or "sptt"; `sharding` overrides the
-    planner's placement; `wire`: the exchanges' precision and id deduplication, default fp32 and
+    planner's placement; `wire`: the exchanges' widths and id deduplication, default fp32 and
     plain ids). Collective only through the topology's groups; build the model the same
     way (same seed) on every rank, ideally inside `dmt.deferred_tables()` so that no rank
-    allocates tables it does not own; the model is trimmed in place.
+    allocates tables it does not own; the model is trimmed in place. profile: wait for the device
+    around every timed phase and collective (exact times, no overlap). precision: "fp32", or
+    "bf16" for the dense parts (see ShardedModel.autocast).
 
-    >>> import torch
     >>> from dmt.models.dlrm import DLRM
     >>> from dmt.sparse import KeyedJagged
     >>> from dmt.specs import FeatureSpec
@@ -175,5 +188,7 @@ def shard(
     >>> sharded(torch.zeros(2, 2), sparse).shape
     torch.Size([2])
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     sharding = sharding if sharding is not None else plan(model, topology.layout, mode)
-    return ShardedModel(model, topology, sharding, timer, wire)
+    return ShardedModel(model, topology, sharding, timer, profile, precision, wire)

@@ -75,7 +75,8 @@ def sptt_compute(sm, dense: Tensor, routed: RoutedIds) -> Tensor:
         # (5) Tower Modules of my host's towers: [H*B, D_t] -> [H*B, D'_t]
         mine = plan.towers_on(host)
         compressed = [model.tower_modules[t](model.tower_input(per_feature, t)) for t in mine]
-        block = torch.cat(compressed, 1) if compressed else pooled.new_zeros(routed.rail_batch, 0)
+        # float32 whatever precision the Tower Modules computed in; the wire's width is dist.comm_precision
+        block = torch.cat(compressed, 1).float() if compressed else pooled.new_zeros(routed.rail_batch, 0)
     with timer("output_exchange"):
         # (6) peer pooled all-to-all: each peer gets its B rows of every tower
         out_widths = [[model.tower_widths[t] for t in plan.towers_on(g)] for g in range(layout.hosts)]

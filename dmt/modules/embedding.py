@@ -51,8 +51,8 @@ class EmbeddingBagCollection(nn.Module):
 
     Gradients are sparse (only the looked-up rows), which the row-wise optimizers use.
 
-    >>> feats = [FeatureSpec("user", "users", 100), FeatureSpec("item", "items", 50)]
-    >>> ebc = EmbeddingBagCollection([TableSpec("users", 100, 8), TableSpec("items", 50, 4, "sum")], feats)
+    >>> feats = [FeatureSpec("user", "users", 100), FeatureSpec("item", "catalog", 50)]
+    >>> ebc = EmbeddingBagCollection([TableSpec("users", 100, 8), TableSpec("catalog", 50, 4, "sum")], feats)
     >>> sparse = KeyedJagged(["user", "item"], torch.tensor([3, 7, 1]), torch.tensor([1, 1, 0, 1]))
     >>> {f: tuple(v.shape) for f, v in ebc(sparse).items()}  # 2 samples; item of sample 0 is empty
     {'user': (2, 8), 'item': (2, 4)}
@@ -65,7 +65,10 @@ class EmbeddingBagCollection(nn.Module):
             raise ValueError("two tables share one name")
         for name in self.specs:
             if not name or "." in name or hasattr(nn.ModuleDict(), name):
-                raise ValueError(f"table name {name!r} cannot name a module (empty, a dot, or a ModuleDict attribute)")
+                raise ValueError(
+                    f"table name {name!r} cannot name a submodule (empty, with a dot, or an attribute of "
+                    f"nn.ModuleDict such as 'items' or 'keys'): rename the table, e.g. {name + '_table'!r}"
+                )
         self.features = list(features)
         for f in features:
             spec = self.specs.get(f.table)
@@ -117,7 +120,8 @@ class EmbeddingBagCollection(nn.Module):
         rows, dim = spec.num_embeddings, spec.embedding_dim
         bound = 1.0 / math.sqrt(dim)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
-        return torch.empty(rows, dim).uniform_(-bound, bound, generator=generator)
+        # drawn on the host, so that they are the same on every device
+        return torch.empty(rows, dim, device="cpu").uniform_(-bound, bound, generator=generator)
 
     def table_features(self) -> dict[str, list[str]]:
         """table -> the features that read it, in feature order (only tables this collection holds)."""
@@ -160,7 +164,7 @@ class EmbeddingBagCollection(nn.Module):
             names = [n for n in names if n in parts]
             if not names:
                 continue
-            chunk = KeyedJagged.concat_keys([parts[n] for n in names], names, sparse.batch_size)
+            chunk = KeyedJagged.concat_keys([parts[n] for n in names], names, sparse.batch_size, sparse.values.device)
             pooled = self.lookup(table, chunk.values, chunk.lengths, chunk.weights)
             out.update(zip(names, pooled.split(sparse.batch_size), strict=True))
         return out

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from dmt.config import Config, config_from_dict, to_dict
 from dmt.errors import UserError
+from dmt.guard import allowed_sync
 
 FILE = "model.pt"
 SHARDS = "checkpoint"
@@ -69,14 +70,18 @@ def restore(
     model.load_state_dict(weights, strict=False)
     name_of = {id(p): n for n, p in named_params}
     for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                name = name_of[id(p)]
-                prefix = f"optim/{name}/"
-                entries = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-                if entries:
-                    opt.state[p] = {k: v.clone() for k, v in entries.items()}
-    return int(state["step"])
+        # through the optimizer's own load_state_dict, which puts each state tensor where torch
+        # wants it: on its parameter's device and dtype (a step counter stays on the host)
+        saved = opt.state_dict()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for index, p in enumerate(params):
+            prefix = f"optim/{name_of[id(p)]}/"
+            entries = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+            if entries:
+                saved["state"][index] = entries
+        opt.load_state_dict(saved)
+    with allowed_sync("the step the checkpoint was taken at"):
+        return int(state["step"])
 
 
 def _fsync_write(path: Path, write) -> None:
@@ -166,16 +171,21 @@ def export_sharded(location: Path, out_dir: Path) -> Path:
     return save_file(out_dir, cfg, state)
 
 
-def save(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out: Path, step: int, final: bool = False):
-    """Collective. model: a ShardedModel; its `module` holds this rank's part under one-device names.
-    final: also export a sharded run to the one-device DIR/model.pt."""
+def save(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out: Path, step: int) -> None:
+    """Collective. model: a ShardedModel; its `module` holds this rank's part under one-device names."""
     module = model.module
     state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step)
-    if not topo.distributed:
+    if topo.distributed:
+        save_sharded(out, cfg, state)
+    else:
         save_file(out, cfg, state)
-        return
-    save_sharded(out, cfg, state)
-    if final and topo.rank == 0:
+
+
+def export(topo, out: Path) -> None:
+    """Not collective: the first rank merges a sharded run's checkpoint into the one-device
+    DIR/model.pt. Call it after the run's last collective, so that no rank waits inside one
+    (under a collective timeout) while the merge runs."""
+    if topo.distributed and topo.rank == 0:
         export_sharded(out / SHARDS, out)
 
 

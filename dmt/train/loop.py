@@ -24,10 +24,12 @@ from tqdm import tqdm
 from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
+from dmt.data.loader import prefetch
 from dmt.distributed.ids import RoutedIds
 from dmt.distributed.sharded import ShardedModel, shard
 from dmt.distributed.topology import Topology
 from dmt.distributed.wire import WireOptions
+from dmt.emulate.faults import kill_if_due
 from dmt.models.build import build_model
 from dmt.modules.embedding import deferred_tables
 from dmt.sparse import Batch
@@ -83,7 +85,11 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     torch.manual_seed(cfg.train.seed)
     with deferred_tables():
         model = build_model(cfg.model, source.features, source.num_dense)
-    sharded = shard(model, topo, cfg.dist.mode, wire=WireOptions.from_config(cfg.dist)).to(cfg.train.device)
+    if cfg.train.precision == "bf16" and cfg.train.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    wire = WireOptions.from_config(cfg.dist)
+    sharded = shard(model, topo, cfg.dist.mode, profile=cfg.train.profile, precision=cfg.train.precision, wire=wire)
+    sharded = sharded.to(cfg.train.device)
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
 
@@ -110,7 +116,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     t = build(cfg, topo)
     start = ckpt.resume(t.model, t.optimizers, t.topo, out) if resume else 0
     steps, bs, device = cfg.train.steps, cfg.train.batch_size, cfg.train.device
-    stream = t.source.train_batches(bs, t.rank, t.world, start_step=start)
+    # batches made ahead by a background worker (pinned for a GPU): the step only takes them
+    stream = prefetch(t.source.train_batches(bs, t.rank, t.world, start), cfg.data.prefetch, device.startswith("cuda"))
     runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
     recorder = StepRecorder(t, global_batch=bs * t.world)
     bar = tqdm(
@@ -122,6 +129,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     recorder.start()
     batches = training_batches(t, stream, steps - start, device, cfg.train.pipeline)
     for step in bar:
+        kill_if_due(step, t.rank)  # `dmt emulate --fault kill:...` only
         recorder.begin_step()
         with t.timer("data"):
             batch, sparse = next(batches)
@@ -134,14 +142,16 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
             ckpt.save(t.model, t.optimizers, t.topo, cfg, out, step + 1)
     recorder.stop()
-    bar.close()
     if isinstance(batches, PipelinedBatches):
-        batches.close()
+        batches.close()  # its thread has routed its last batch
+    stream.close()  # stops the background loader; the source reports what it skipped
+    bar.close()
 
-    ckpt.save(t.model, t.optimizers, t.topo, cfg, out, steps, final=True)
+    ckpt.save(t.model, t.optimizers, t.topo, cfg, out, steps)
     quality = evaluate(t, cfg.train.eval_batch_size, device)
-    summary = summarize(t, cfg, recorder, quality, start)
+    summary = summarize(t, cfg, recorder, quality, start)  # the run's last collective
     if t.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     runlog.close(summary)
+    ckpt.export(t.topo, out)
     return summary

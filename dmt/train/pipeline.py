@@ -32,7 +32,7 @@ _DONE = object()
 def serial_batches(batches: Iterator[Batch], device: str) -> Iterator[tuple[Batch, object]]:
     """(batch, its sparse ids): the forward runs the input exchange itself."""
     for batch in batches:
-        batch = batch.to(device)
+        batch = batch.to(device, non_blocking=True)
         yield batch, batch.sparse
 
 
@@ -54,7 +54,7 @@ class PipelinedBatches:
                 batch = next(self.batches, None)
                 if batch is None:
                     break
-                batch = batch.to(self.device)
+                batch = batch.to(self.device, non_blocking=True)
                 with torch.no_grad():
                     routed: RoutedIds = self.model.route(batch.sparse)
                 self._ready.put((batch, routed))

@@ -1,10 +1,11 @@
 """The emulated cluster's own facts, measured before any training run (runs under `dmt emulate`,
-one rank per process, as `python -m benchmarks.emulated.calibrate --out DIR`):
+one rank per process, as `python -m dmt.emulate.probe --out DIR`; `link_facts` starts it):
 
     latency_cross_s   median time of a tiny all-to-all over all ranks (16 B per peer): the fixed
                       cost of one call that crosses hosts (gloo over TCP, both tbf hops)
     latency_intra_s   the same inside one host (loopback), when hosts have several ranks
-    loopback_gbps     payload GB/s one rank moves in a large intra-host all-to-all (4 MiB per peer)
+    loopback_gbps     payload GB/s one rank moves in a large intra-host all-to-all (4 MiB per peer;
+                      with two tiers the rank links' shaped rate, which the model takes as given)
     cross_goodput     payload GB/s one host's link carries in a large all-to-all between the
                       hosts (a check of the tbf rate x TCP payload share, not used by the model)
     runtime_rss_bytes resident memory of a rank with torch, dmt and its process groups loaded,
@@ -52,7 +53,8 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
     dist.init_process_group("gloo")
-    layout = Layout.for_world(dist.get_world_size(), int(os.environ["LOCAL_WORLD_SIZE"]))  # set by torchrun
+    per_host = os.environ.get("DMT_RANKS_PER_HOST") or os.environ["LOCAL_WORLD_SIZE"]  # dmt emulate, torchrun
+    layout = Layout.for_world(dist.get_world_size(), int(per_host))
     topo = Topology.create(layout)
     runtime_rss = peak_rss_bytes()
     facts = {"latency_cross_s": timed_alltoall(topo.world_group, 16)}

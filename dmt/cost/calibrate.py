@@ -1,0 +1,161 @@
+"""This machine's CPU as a compute preset: measured rates, counted operators, one fitted constant.
+
+    peak_tflops   FLOP/s of a Linear layer's forward and backward (B = 512, 256 -> 256)
+    memory_gbps   bytes/s of an embedding table's lookup, backward and row-wise Adagrad step, counted
+                  as compute.py counts them (rows read, pooled rows written, UPDATE_TRAFFIC x rows)
+    op_s          host seconds per operator: fitted so that compute.py reproduces one-device steps
+                  of the config's model variants (least squares over them, through the origin)
+    data_s_per_sample   the measured batch time of those steps, per sample
+
+Efficiencies are 1 (the rates are what was achieved); each rate is the median of a few repeats
+on one thread, as a rank of the emulator runs (OMP_NUM_THREADS=1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from dmt.config import Config
+from dmt.cost.compute import UPDATE_TRAFFIC, OpCounts, rank_compute
+from dmt.cost.presets import Cluster
+from dmt.cost.traffic import FLOAT_BYTES
+
+
+class _CountOps(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _median_s(fn, repeats: int) -> float:
+    fn()  # warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def dense_tflops(repeats: int = 15) -> float:
+    """Achieved TFLOP/s of a Linear layer's forward + backward on this thread."""
+    layer = torch.nn.Linear(256, 256)
+    x = torch.randn(512, 256)
+
+    def step() -> None:
+        layer(x).sum().backward()
+
+    return 3 * 2 * 512 * 256 * 256 / _median_s(step, repeats) / 1e12
+
+
+def memory_gbps(dim: int, repeats: int = 7) -> float:
+    """Achieved GB/s of one table's lookups, backward and row-wise Adagrad update, in compute.py's
+    byte count: 8192 bags of 6 ids into 100,000 rows of `dim` floats."""
+    from dmt.train.optim import RowWiseAdagrad
+
+    rows, bags, per_bag = 100_000, 8192, 6
+    table = torch.nn.EmbeddingBag(rows, dim, mode="sum", sparse=True)
+    opt = RowWiseAdagrad(table.parameters())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, rows, (bags * per_bag,), generator=g)
+    offsets = torch.arange(0, bags * per_bag, per_bag)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        table(ids, offsets).sum().backward()
+        opt.step()
+
+    row_bytes = bags * per_bag * dim * FLOAT_BYTES
+    moved = row_bytes * (1 + UPDATE_TRAFFIC) + bags * dim * FLOAT_BYTES
+    return moved / _median_s(step, repeats) / 1e9
+
+
+@dataclass(frozen=True)
+class StepMeasurement:
+    """One-device step of a model variant on this thread."""
+
+    name: str
+    ops: OpCounts
+    data_s: float  # median per step
+    compute_s: float  # forward + backward + optimizers, median per step
+    batch_size: int
+
+
+def measure_step(name: str, cfg: Config, steps: int = 12) -> StepMeasurement:
+    """Count the operators of one step of cfg's one-device model and time `steps` more."""
+    import torch.nn.functional as F
+
+    from dmt.train.loop import build, train_step
+
+    torch.set_num_threads(1)
+    t = build(cfg)
+    b = cfg.train.batch_size
+    stream = t.source.train_batches(b, 0, 1)
+    counts = []
+    batch = next(stream)
+    for part in ("forward", "backward", "optimizer"):
+        counter = _CountOps()
+        with counter:
+            if part == "forward":
+                logits = t.model(batch.dense, batch.sparse)
+                loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
+            elif part == "backward":
+                loss.backward()
+            else:
+                for opt in t.optimizers:
+                    opt.step()
+        counts.append(counter.n)
+    data, compute = [], []
+    for _ in range(steps):
+        start = time.perf_counter()
+        batch = next(stream)
+        mid = time.perf_counter()
+        train_step(t, batch)
+        data.append(mid - start)
+        compute.append(time.perf_counter() - mid)
+    return StepMeasurement(name, OpCounts(*counts), statistics.median(data), statistics.median(compute[1:]), b)
+
+
+def one_device_roofline(cfg: Config, cluster: Cluster, mode: str, ratio: float | None) -> float:
+    """compute.py's seconds of a one-device step of the variant, without operator costs or data."""
+    from dmt.cost.estimate import Estimator
+    from dmt.cost.traffic import traffic
+    from dmt.distributed.topology import Layout
+
+    est = Estimator(cfg, cluster)
+    towers = None if mode == "flat" else est.towers_for(1)[0]
+    shape = est.shape(mode, towers, ratio)
+    tr = traffic("flat", est.workload(shape), Layout(1, 1))  # one device: every table, every tower
+    (rank,) = rank_compute(tr, cluster, None, cfg.train.dense_optimizer)
+    return rank.total_s - rank.data_s
+
+
+def fit_cpu(
+    base: Cluster,
+    variants: list[tuple[Config, str, float | None, StepMeasurement]],
+    rates: tuple[float, float] | None = None,
+) -> Cluster:
+    """`base` (the emulated links) with this CPU's compute: rates (TFLOP/s, GB/s) measured here
+    unless given, op_s fitted to the one-device steps of `variants` (config, cost-model mode,
+    compression ratio, measurement)."""
+    tflops, gbps = rates or (dense_tflops(), memory_gbps(variants[0][0].model.embedding_dim))
+    cpu = dataclasses.replace(
+        base, peak_tflops=tflops, dense_efficiency=1.0, memory_gbps=gbps, memory_efficiency=1.0, op_s=0.0
+    )
+    rest, ops = [], []
+    for cfg, mode, ratio, m in variants:
+        rest.append(m.compute_s - one_device_roofline(cfg, cpu, mode, ratio))
+        ops.append(m.ops.forward + m.ops.backward + m.ops.optimizer)
+    op_s = max(0.0, sum(r * n for r, n in zip(rest, ops, strict=True)) / sum(n * n for n in ops))
+    data = statistics.median(m.data_s / m.batch_size for *_, m in variants)
+    return dataclasses.replace(cpu, op_s=op_s, data_s_per_sample=data)
