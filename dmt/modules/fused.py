@@ -202,7 +202,8 @@ class FusedEmbeddingBagCollection(EmbeddingBagCollection):
 class FusedTables(torch.optim.Optimizer):
     """Stands in for the tables' optimizer when the kernel fuses it: `step()` does nothing (the
     rows were updated during the backward); `state[weight]["sum"]` is a copy of the table's
-    row-wise Adagrad sums, and assigning a state (as checkpoint restore does) writes into the kernel."""
+    row-wise Adagrad sums; assigning a state or loading a state dict (as checkpoint restore does)
+    writes into the kernel."""
 
     def __init__(self, collection: FusedEmbeddingBagCollection) -> None:
         params = [v.weight for v in collection.tables.values()]
@@ -215,6 +216,12 @@ class FusedTables(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         return None
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Write the saved Adagrad sums into the kernel (torch's own load would replace `state`)."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, entries in state_dict["state"].items():
+            self.state[params[int(index)]] = entries
 
 
 class _LiveSums(dict):

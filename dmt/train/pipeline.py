@@ -13,6 +13,10 @@ step then gets exactly the ids it would have routed itself, and pipelined traini
 to serial training (tests/test_pipeline.py). At most one batch is routed ahead (TorchRec's
 TrainPipelineSparseDist keeps the same distance). What the input exchange counted travels with the
 batch (`RoutedIds.counter`), so a step's counters are those of its own batch.
+
+Tested on gloo (CPU), where collectives of different process groups from two threads are safe. On
+NCCL the feeder's collectives run on the input groups' own communicators from a second thread;
+that path has not run on a GPU yet.
 """
 
 from __future__ import annotations
