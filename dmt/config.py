@@ -102,6 +102,9 @@ class ModelConfig:
     tower_compression_ratios: list[float] = field(default_factory=list)  # per tower, overrides
     tower_hidden: int = 64  # width of the Tower Module's MLP
     tower_cross_layers: int = 1  # DCN Tower Module
+    # the tables' lookup and update: "torch" (nn.EmbeddingBag per table, a separate row-wise optimizer) or
+    # "fbgemm" (one table-batched kernel with the optimizer fused into its backward; needs fbgemm-gpu(-cpu))
+    embedding_backend: Literal["torch", "fbgemm"] = "torch"
 
 
 @dataclass
@@ -120,9 +123,12 @@ class TrainConfig:
     tensorboard: bool = True  # scalars under DIR/tensorboard (rank 0)
     device: str = "cpu"
     # dense parts (Tower Modules, head) in bfloat16 under autocast, TF32 for float32 matmuls on
-    # Ampere and newer; tables, exchanges and the loss stay float32
+    # Ampere and newer; tables and the loss stay float32, exchanges at dist.comm_precision
     precision: Literal["fp32", "bf16"] = "fp32"
     profile: bool = False  # wait for the device around timed phases and collectives (exact times, no overlap)
+    # the input exchange (ids) of batch i+1 runs in the background while batch i computes; the ids do not
+    # depend on the parameters, so the result is bit-identical to the serial step
+    pipeline: bool = False
 
 
 @dataclass
@@ -131,6 +137,12 @@ class DistConfig:
     ranks_per_host: int = 0  # 0: the launcher's LOCAL_WORLD_SIZE
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     timeout_s: float = 120.0  # a collective that waits longer than this fails (a peer is gone)
+    # width on the wire of the pooled embeddings (and Tower Module outputs) going out and their gradients
+    # coming back, in every exchange of both modes; ids always travel exactly
+    comm_precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    fp16_grad_scale: float = 1024.0  # fp16 gradients are multiplied by this on the wire (and divided after)
+    allreduce_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the dense gradients' all-reduce
+    dedup_ids: bool = False  # ids travel once per feature and message (unique ids + inverse index), bit-packed
 
 
 @dataclass
@@ -314,6 +326,7 @@ def validate(cfg: Config) -> None:
         raise UserError(f"data.prefetch must be >= 0 (0: no background loading), got {cfg.data.prefetch}")
     if cfg.dist.ranks_per_host < 0:
         raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")
+    _positive("dist.fp16_grad_scale", cfg.dist.fp16_grad_scale)
 
 
 def _validate_files(d: DataConfig) -> None:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from dmt.config import Config
 from dmt.distributed.sharded import shard
 from dmt.distributed.topology import Topology
+from dmt.distributed.wire import WireOptions
 from dmt.errors import UserError
 from dmt.guard import allowed_sync
 from dmt.models.base import MultiTowerModel
@@ -58,6 +59,7 @@ def verify(
     steps: int = 3,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    wire: WireOptions | None = None,
 ) -> dict[str, float]:
     """Collective. -> {"outputs", "gradients", "parameters"}: the largest absolute differences
     between the sharded model and the one-device model over `steps` steps, over all ranks.
@@ -65,14 +67,15 @@ def verify(
     make_model: builds the one-device model (called twice, after torch.manual_seed(seed) each time);
     batches: global batches of W * B samples (rank r trains on samples [r * B, (r + 1) * B));
     make_optimizers(model): the optimizers of `model.embedding_parameters()` and
-    `model.dense_parameters()` (called on the reference and on the sharded model).
+    `model.dense_parameters()` (called on the reference and on the sharded model); wire: the
+    sharded model's exchange options (bf16 / fp16 exchanges differ from one device by their rounding).
     """
     torch.manual_seed(seed)
     reference = make_model().to(device)
     torch.manual_seed(seed)
     with deferred_tables():
         to_shard = make_model()
-    sharded = shard(to_shard, topology, mode).to(device)
+    sharded = shard(to_shard, topology, mode, wire=wire).to(device)
     diffs = _compare_steps(reference, sharded, make_optimizers, topology, batches, steps, device)
     with allowed_sync("the result"):
         return {"outputs": float(diffs[0]), "gradients": float(diffs[1]), "parameters": float(diffs[2])}
@@ -138,4 +141,5 @@ def verify_rank(cfg: Config, topo: Topology, steps: int) -> dict[str, float]:
         steps=steps,
         seed=cfg.train.seed,
         device=cfg.train.device,
+        wire=WireOptions.from_config(cfg.dist),
     )

@@ -9,12 +9,14 @@ import pytest
 from dmt.cli import main
 from dmt.config import ModelConfig, load_config
 from dmt.cost.estimate import Estimator
+from dmt.cost.ids import SaturatedIds
 from dmt.cost.memory import rank_memory
 from dmt.cost.presets import PRESETS, cluster
 from dmt.cost.timing import TimingModel, alltoall_busbw, mode_timing
 from dmt.cost.traffic import traffic
-from dmt.cost.workload import Workload, feature_specs, model_shape
+from dmt.cost.workload import Workload, feature_specs, model_shape, wire_widths
 from dmt.data import make_source
+from dmt.distributed.idcodec import bits_for
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
 from dmt.specs import FeatureSpec
@@ -25,12 +27,22 @@ from .dist_helpers import run_ranks, small_config
 ONE_ID = ["data.synthetic.group_pooling=[1.0,1.0,1.0,1.0]", "data.synthetic.max_pooling=1"]
 DLRM, DCN = "dmt/configs/synthetic_dmt_dlrm.toml", "dmt/configs/synthetic_dmt_dcn.toml"
 FLAT_BASELINE = (DLRM, "dist.mode=flat", "model.towers_file=")
+SPTT_CR2 = (DLRM, "dist.mode=sptt", "model.compression_ratio=2")
+BF16 = ("dist.comm_precision=bf16", "dist.allreduce_precision=bf16")
+FP16 = ("dist.comm_precision=fp16", "dist.allreduce_precision=fp16")
+# tables of two rows, one id per sample: every message of 32 samples holds both ids of every table
+DEDUP = ("dist.dedup_ids=true", "data.synthetic.cardinalities=[2]")
 VARIANTS = {
     "flat": FLAT_BASELINE,
     "sptt": (DLRM, "dist.mode=sptt", "model.tower_module=identity", "model.compression_ratio=1"),
-    "sptt_cr2": (DLRM, "dist.mode=sptt", "model.compression_ratio=2"),
+    "sptt_cr2": SPTT_CR2,
     "sptt_cr4": (DLRM, "dist.mode=sptt", "model.compression_ratio=4"),
     "dcn_cr2": (DCN, "dist.mode=sptt", "model.compression_ratio=2"),
+    "flat_bf16": (*FLAT_BASELINE, *BF16),
+    "sptt_cr2_bf16": (*SPTT_CR2, *BF16),
+    "flat_fp16_dedup": (*FLAT_BASELINE, *FP16, *DEDUP),
+    "sptt_cr2_fp16_dedup": (*SPTT_CR2, *FP16, *DEDUP),
+    "sptt_cr2_dedup": (*SPTT_CR2, *DEDUP),
 }
 
 
@@ -50,6 +62,9 @@ def _counters(cfg, topo, variants: list[str]) -> dict:
         batch = next(t.source.train_batches(c.train.batch_size, topo.rank, topo.layout.world))
         lengths = batch.sparse.lengths
         assert int(lengths.min()) == int(lengths.max()) == 1, "the synthetic lengths are not deterministic"
+        if c.dist.dedup_ids:  # SaturatedIds: every table's rows in every message
+            rows = {f.name: f.num_embeddings for f in t.source.features}
+            assert all(v.unique().numel() == rows[k] for k, (v, _, _) in batch.sparse.per_key().items())
         t.model.counter.reset()
         train_step(t, batch)
         out[v] = t.model.counter.snapshot()
@@ -59,14 +74,16 @@ def _counters(cfg, topo, variants: list[str]) -> dict:
 def _predicted(variant: str, layout: Layout) -> list[dict]:
     c = _config(variant)
     features, num_dense = feature_specs(c.data)
-    workload = Workload(tuple(features), model_shape(c.model, features, num_dense), c.model.embedding_dim, 32)
+    shape = model_shape(c.model, features, num_dense)
+    ids = SaturatedIds() if c.dist.dedup_ids else None
+    workload = Workload(tuple(features), shape, c.model.embedding_dim, 32, **wire_widths(c.dist), ids=ids)
     return [r.counters() for r in traffic(c.dist.mode, workload, layout).ranks]
 
 
 @pytest.mark.parametrize(
     ("hosts", "per_host", "variants"),
     [
-        (2, 2, list(VARIANTS)),
+        (2, 2, list(VARIANTS)),  # with bf16 and fp16 rows and all-reduces, deduplicated ids
         (1, 2, ["flat", "sptt_cr2", "sptt_cr4"]),
         (4, 1, ["flat", "sptt_cr2", "sptt_cr4"]),
     ],
@@ -81,7 +98,7 @@ def test_counts_equal_a_real_run(hosts, per_host, variants):
             counted = {k: got[rank][v][k] for k in expected[rank]}  # the counters, not the timings
             assert counted == expected[rank], (v, rank)
     if hosts > 1:  # something crossed hosts, so the comparison was not vacuous
-        assert all(got[r]["sptt_cr2"]["cross_host_bytes"] > 0 for r in got)
+        assert all(got[r][variants[1]]["cross_host_bytes"] > 0 for r in got)
 
 
 def test_synthetic_features_match_the_source():
@@ -286,3 +303,36 @@ def test_a_token_bucket_passes_its_depth_at_once():
         37_500 / rate
     )
     assert call_times(small, bucket, model, 2)[1] == 0.0
+
+
+# ---- deduplicated ids -----------------------------------------------------------------------------
+
+
+def test_zipf_expectation_matches_the_synthetic_ids():
+    """The cost model's distinct-id expectation for synthetic data against counts on the data itself."""
+    from dmt.cost.ids import ZipfIds
+
+    cfg = load_config(DLRM)
+    source = make_source(cfg.data)
+    stats = ZipfIds(cfg.data.synthetic.zipf_exponent, cfg.data.synthetic.max_pooling)
+    stream = source.train_batches(256)
+    batches = [next(stream) for _ in range(32)]  # the expectation is unbiased: within 2% at 64 batches
+    for f in source.features:
+        counted = sum(int(b.sparse.select([f.name]).values.unique().numel()) for b in batches) / len(batches)
+        assert stats.unique(f, 256) == pytest.approx(counted, rel=0.05), f
+    longest = max(int(b.sparse.lengths.max()) for b in batches)
+    assert stats.length_bits(source.features[:12], 256) == pytest.approx(bits_for(longest + 1), abs=0.5)
+
+
+def test_deduplicated_ids_bring_sptt_tm_under_027_of_flat():
+    """synthetic_dmt_dlrm at CR 4 on 2x2, fp32, both with deduplicated ids (the expectation for its Zipf ids)."""
+    est = Estimator(load_config(DLRM, ["model.compression_ratio=4", "dist.dedup_ids=true"]), cluster("a100"))
+    layout = Layout(2, 2)
+    towers, _ = est.towers_for(layout.hosts)
+    cross = {
+        mode: est.run(mode, est.shape(mode, towers if mode != "flat" else None), layout, memory=False).traffic.mean()[
+            "cross_host_bytes"
+        ]
+        for mode in ("flat", "sptt_tm")
+    }
+    assert cross["sptt_tm"] <= 0.27 * cross["flat"], cross

@@ -83,6 +83,7 @@ def _scenarios(cfg, topo) -> dict[str, list[str]]:
     from dmt import verification
     from dmt.train.evaluate import evaluate
     from dmt.train.loop import build, train_step
+    from dmt.train.pipeline import training_batches
     from dmt.verification import verify_rank
 
     out, serves_nothing = {}, {}
@@ -108,6 +109,15 @@ def _scenarios(cfg, topo) -> dict[str, list[str]]:
             lambda t=t, s=stream: float(train_step(t, next(s).to("cpu", non_blocking=True))[0])
         )
         out[f"{mode} step, a blocking copy"] = _guarded(lambda t=t, s=stream: train_step(t, next(s).to("cpu")))
+        # bf16 on the wire and deduplicated ids, a serial step and the training part of a pipelined one
+        wire = ("dist.comm_precision=bf16", "dist.allreduce_precision=bf16", "dist.dedup_ids=true")
+        c = small_config("synthetic_dlrm", *NO_TABLE, f"dist.mode={mode}", "model.num_towers=2", *wire)
+        t = build(c, topo)
+        stream = t.source.train_batches(c.train.batch_size, topo.rank, topo.layout.world)
+        out[f"{mode} wire step"] = _guarded(lambda t=t, s=stream: train_step(t, next(s).to("cpu", non_blocking=True)))
+        batches = training_batches(t, stream, 1, "cpu", pipeline=True)
+        out[f"{mode} pipelined step"] = _guarded(lambda t=t, b=batches: train_step(t, *next(b)))
+        batches.close()
     c = small_config("synthetic_dmt_dlrm", "dist.mode=sptt", "train.batch_size=8")
     compare = verification._compare_steps  # the steps of verify, under the guard (models are built before)
     for name, patch in (("verify", contextlib.nullcontext()), ("verify, host offsets", _patch_slice())):

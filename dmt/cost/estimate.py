@@ -29,8 +29,10 @@ from dmt.cost.workload import (
     equal_towers,
     feature_specs,
     flat_model_config,
+    id_statistics,
     model_shape,
     tower_model_config,
+    wire_widths,
 )
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
@@ -95,6 +97,7 @@ class Estimator:
         self.features: list[FeatureSpec] = features
         self.names = [f.name for f in features]
         self._shapes: dict[tuple, ModelShape] = {}
+        self._ids = None
 
     # ---- model variants ---------------------------------------------------------------------
 
@@ -124,8 +127,18 @@ class Estimator:
         return equal_towers(self.names, hosts), "equal chunks, one per host"
 
     def workload(self, shape: ModelShape) -> Workload:
-        t = self.cfg.train
-        return Workload(tuple(self.features), shape, self.cfg.model.embedding_dim, t.batch_size)
+        """The config's batch, widths on the wire and (dist.dedup_ids) id statistics."""
+        t, d = self.cfg.train, self.cfg.dist
+        if d.dedup_ids and self._ids is None:
+            self._ids = id_statistics(self.cfg.data)
+        return Workload(
+            tuple(self.features),
+            shape,
+            self.cfg.model.embedding_dim,
+            t.batch_size,
+            **wire_widths(d),
+            ids=self._ids if d.dedup_ids else None,
+        )
 
     # ---- estimates --------------------------------------------------------------------------
 
@@ -134,7 +147,7 @@ class Estimator:
     ) -> ModeEstimate:
         """ops: the operators a rank's step launches, for a cluster that charges them (op_s > 0)."""
         tr = traffic(mode, self.workload(shape), layout)
-        timing = mode_timing(tr, self.cluster, self.model)
+        timing = mode_timing(tr, self.cluster, self.model, pipelined=self.cfg.train.pipeline)
         t = self.cfg.train
         mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer) if memory else None
         step = step_timing(tr, timing, self.cluster, ops, t.dense_optimizer)

@@ -13,6 +13,9 @@ the order the code runs them, with the one overlap it has.
     exposed_s = step_s - compute_s (communication nothing hides)
     overlap_s = compute_s + comm_s - step_s (what runs at the same time)
 
+Pipelined (train.pipeline): the data and the input exchange of the next batch run beside the rest
+of the step, so step_s = max(step_s - data - input exchange, data + input exchange).
+
 Each compute term is the slowest rank's (every collective waits for its last member). Forward
 exchanges and compute alternate (ids, lookup, rows, Tower Modules, rows), so they add up.
 """
@@ -73,6 +76,9 @@ def step_timing(
         + comm.after_s
         + c["optimizer_s"]
     )
+    if comm.pipelined:
+        ahead = c["data_s"] + comm.input_s
+        step = max(step - ahead, ahead)
     compute = sum(c.values())
     # one after another; on a shared link the backward and the head's all-reduce take `together`
     serial = max(comm.alltoall_s + comm.allreduce_s, comm.forward_s + comm.together_s + comm.after_s)

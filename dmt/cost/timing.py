@@ -36,6 +36,12 @@ A step runs its calls one after another and every call waits for its slowest mem
     comm_s      = forward_s + max(backward_s, head all-reduce, both on the most loaded cross-host
                   link together) + Tower Module all-reduces
 
+    input_s     the forward's input (id) exchange calls (counts and ids) inside alltoall_s
+    exposed_s   what the step waits for: comm_s, less input_s when the step is pipelined
+                (train.pipeline: the next batch's ids cross while this batch computes; comm_s
+                stays the time with a collective in flight, since the ids still use the links)
+
+Precision: the widths on the wire are in the traffic (dist.comm_precision, allreduce_precision).
 This is communication alone; step.py adds the compute (compute.py) and the overlaps between them.
 Not modelled: load imbalance other than through the per-rank maxima above.
 """
@@ -47,7 +53,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from dmt.cost.presets import Cluster
-from dmt.cost.traffic import AllReduce, ModeTraffic, PhaseTraffic
+from dmt.cost.traffic import AllReduce, ModeTraffic, PhaseTraffic, is_input_phase
 
 GB = 1e9
 
@@ -188,6 +194,13 @@ class ModeTiming:
     beside_s: float = 0.0  # the head's all-reduce (beside the backward's exchanges)
     together_s: float = 0.0  # the backward's cross-host bytes and the head's all-reduce on one link
     after_s: float = 0.0  # the Tower Modules' all-reduces (after the backward)
+    input_s: float = 0.0  # the input (id) exchange's calls, part of forward_s
+    pipelined: bool = False
+
+    @property
+    def exposed_s(self) -> float:
+        """Communication the step waits for: the input exchange hides behind compute when pipelined."""
+        return self.comm_s - self.input_s if self.pipelined else self.comm_s
 
     def as_dict(self) -> dict:
         return {
@@ -198,11 +211,15 @@ class ModeTiming:
             "cross_s": self.cross_s,
             "forward_s": self.forward_s,
             "backward_s": self.backward_s,
+            "input_s": self.input_s,
+            "exposed_s": self.exposed_s,
             "calls_s": dict(self.calls),
         }
 
 
-def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | None = None) -> ModeTiming:
+def mode_timing(
+    traffic: ModeTraffic, cluster: Cluster, model: TimingModel | None = None, pipelined: bool = False
+) -> ModeTiming:
     model = model or TimingModel()
     hosts = traffic.plan.layout.hosts
     calls: dict[str, float] = {}
@@ -240,4 +257,6 @@ def mode_timing(traffic: ModeTraffic, cluster: Cluster, model: TimingModel | Non
         beside_s=beside,
         together_s=together,
         after_s=after,
+        input_s=sum(t for p, t in calls.items() if is_input_phase(p)),
+        pipelined=pipelined,
     )

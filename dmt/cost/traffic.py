@@ -8,15 +8,18 @@ numbers from the placement (`plan_flat` / `plan_sptt`) without running anything.
 One exchange over a group (dmt/distributed/ids.py), B_s = samples each member sends:
 
     <group>.counts               16 B (int64 [2]) to every other member, always a message
+                                 (24 B, int64 [3], with dedup_ids)
     <group>.<p>                  4 * B_s * n_j              lengths; n_j: features member j serves
                                  + id_bytes * B_s * p_j     ids; p_j: sum of their pooling factors
                                  + 4 * B_s * p_j            weights, only when the batch carries them
-                                 (one message: the three travel back to back)
-    <group>.<q>                  4 * B_s * w_me             pooled rows back to every source
-    <group>.<q>.grad             4 * B_s * w_j              their gradient, to every server j
+                                 (one message: the three travel back to back; with dedup_ids the
+                                 message is deduplicated and bit-packed, see dmt/cost/ids.py)
+    <group>.<q>                  r * B_s * w_me             pooled rows back to every source
+    <group>.<q>.grad             r * B_s * w_j              their gradient, to every server j
 
-id_bytes = 4 when every table has < 2^31 rows, else 8. Ids per sample and feature = pooling
-factor: exact when lengths are deterministic, the expectation otherwise.
+id_bytes = 4 when every table has < 2^31 rows, else 8; r = bytes per float on the wire (4 for
+fp32, 2 for bf16 / fp16: dist.comm_precision). Ids per sample and feature = pooling factor: exact
+when lengths are deterministic, the expectation otherwise.
 
 Flat (group "global", all W ranks, B_s = B):  p = "ids", q = "pooled", w_j = n_j * d.
 SPTT, rank (h, l), R = H * B samples per rail:
@@ -26,8 +29,9 @@ SPTT, rank (h, l), R = H * B samples per rail:
     (6) "peer", q = "peer_pooled", B_s = B, w_g = sum of host g's Tower Module output widths
 
 Dense gradient all-reduce (dmt/distributed/gradsync.py, one bucket per group), payload 4 bytes per
-parameter: flat: head + every Tower Module over the world; SPTT: head over the world, host h's
-Tower Modules over its L ranks; a group of one rank adds nothing.
+parameter (2 with dist.allreduce_precision bf16 / fp16): flat: head + every Tower Module over the
+world; SPTT: head over the world, host h's Tower Modules over its L ranks; a group of one rank adds
+nothing.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dmt.cost.ids import message_bytes
 from dmt.cost.workload import Workload
 from dmt.distributed.plan import ShardingPlan, plan_flat, plan_sptt
 from dmt.distributed.topology import Layout
 
 COUNT_BYTES = 16  # int64 [2] per member: (lengths, ids) counts
+DEDUP_COUNT_BYTES = 24  # int64 [3] per member: (lengths, ids, message bytes)
 LENGTH_BYTES = 4  # lengths travel as int32
 FLOAT_BYTES = 4  # pooled rows, gradients, weights, dense parameters: float32
+
+
+def is_input_phase(phase: str) -> bool:
+    """A call of the input (id) exchange: its counts or its ids (what a pipelined step runs ahead)."""
+    return phase.endswith(".counts") or phase.endswith("ids")
 
 
 @dataclass(frozen=True)
@@ -133,6 +144,7 @@ class RankTraffic:
             "cross_host_bytes": self.cross_host_bytes,
             "messages": self.messages,
             "by_phase": self.by_phase,
+            "cross_host_by_phase": {p.phase: p.cross_bytes for p in self.phases if p.cross_bytes > 0},
             "allreduce_bytes": self.allreduce_bytes,
         }
 
@@ -226,19 +238,24 @@ def _exchange(
     width: np.ndarray,
     id_bytes: int,
     weighted: bool,
+    row_bytes: int = FLOAT_BYTES,
+    dedup: np.ndarray | None = None,
 ) -> list[list[PhaseTraffic]]:
     """send_ids + return_rows over one group. samples: B_s, the samples each member sends
-    (equal over a group); n_served, pooling, width: per member j. -> per member, its phases."""
+    (equal over a group); n_served, pooling, width: per member j; dedup: with dedup_ids, the
+    bytes of the id message to each member j (dmt/cost/ids.py). -> per member, its phases."""
     if len(g.members) == 1:
         return [[]]
     b = float(samples)
     per_id = id_bytes + (FLOAT_BYTES if weighted else 0)
+    count = float(COUNT_BYTES if dedup is None else DEDUP_COUNT_BYTES)
+    ids = LENGTH_BYTES * b * n_served + per_id * b * pooling if dedup is None else dedup
     parts = [
-        _to_receiver(g, f"{g.name}.counts", False, np.full(len(g.members), float(COUNT_BYTES))),
-        _to_receiver(g, f"{g.name}.{ids_phase}", False, LENGTH_BYTES * b * n_served + per_id * b * pooling),
+        _to_receiver(g, f"{g.name}.counts", False, np.full(len(g.members), count)),
+        _to_receiver(g, f"{g.name}.{ids_phase}", False, ids),
     ]
-    parts.append(_from_sender(g, f"{g.name}.{rows_phase}", False, FLOAT_BYTES * b * width))
-    parts.append(_to_receiver(g, f"{g.name}.{rows_phase}.grad", True, FLOAT_BYTES * b * width))
+    parts.append(_from_sender(g, f"{g.name}.{rows_phase}", False, row_bytes * b * width))
+    parts.append(_to_receiver(g, f"{g.name}.{rows_phase}.grad", True, row_bytes * b * width))
     return [list(p) for p in zip(*parts, strict=True)]
 
 
@@ -261,15 +278,38 @@ def _id_bytes(plan: ShardingPlan) -> int:
     return 4 if plan.max_rows < 2**31 else 8
 
 
+def _dedup(workload: Workload, features: list[list[str]], samples: np.ndarray | float) -> np.ndarray | None:
+    """With dedup_ids: the id message to each member j (its `features[j]`, `samples[j]` samples)."""
+    if workload.ids is None:
+        return None
+    spec = {f.name: f for f in workload.features}
+    samples = np.broadcast_to(np.asarray(samples, dtype=np.float64), (len(features),))
+    return np.array(
+        [
+            message_bytes([spec[f] for f in feats], s, workload.ids, workload.weighted)
+            for feats, s in zip(features, samples.tolist(), strict=True)
+        ]
+    )
+
+
+def _features_served(plan: ShardingPlan, ranks: list[int]) -> list[list[str]]:
+    return [plan.features_served_by(r) for r in ranks]
+
+
 def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     layout, w = plan.layout, workload
     n, p = _served(plan, w)
     world = _group("global", list(range(layout.world)), layout)
-    phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, n * w.dim, _id_bytes(plan), w.weighted)
+    dedup = _dedup(w, _features_served(plan, world.members), w.batch_size)
+    phases = _exchange(
+        world, "ids", "pooled", w.batch_size, n, p, n * w.dim, _id_bytes(plan), w.weighted, w.row_bytes, dedup
+    )
     allreduce: tuple[AllReduce, ...] = ()
     if layout.world > 1:  # the head beside the backward (group "dense"), then the Tower Modules
         parts = (("dense", w.shape.head_params), ("global", sum(w.shape.tower_params)))
-        allreduce = tuple(AllReduce(g, layout.world, layout.hosts, FLOAT_BYTES * n) for g, n in parts if n > 0)
+        allreduce = tuple(
+            AllReduce(g, layout.world, layout.hosts, w.allreduce_param_bytes * n) for g, n in parts if n > 0
+        )
     return [RankTraffic(r, tuple(phases[r]), allreduce) for r in range(layout.world)]
 
 
@@ -291,16 +331,23 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
     peer_ids: dict[int, list[PhaseTraffic]] = {}
     peer_rows: dict[int, list[PhaseTraffic]] = {}
+    host_features = [[f for t in plan.towers_on(g) for f in w.shape.towers[t]] for g in range(hosts)]
+    peer_dedup = _dedup(w, host_features, b)
     for local in range(per_host):
         g = _group("peer", layout.peer_ranks(local), layout)
-        ids_and_rows = _exchange(g, "peer_ids", "peer_pooled", b, host_n, host_p, host_w, id_bytes, w.weighted)
+        ids_and_rows = _exchange(
+            g, "peer_ids", "peer_pooled", b, host_n, host_p, host_w, id_bytes, w.weighted, w.row_bytes, peer_dedup
+        )
         for m, ph in zip(g.members, ids_and_rows, strict=True):
             peer_ids[m], peer_rows[m] = ph[:2], ph[2:]  # counts, ids | rows, grad
     for h in range(hosts):
         members = layout.host_ranks(h)
         g = _group("intra", members, layout)
         served, pooling, width = n[members], p[members], n[members] * w.dim
-        ex = _exchange(g, "intra_ids", "intra_pooled", rail[h], served, pooling, width, id_bytes, w.weighted)
+        dedup = _dedup(w, _features_served(plan, members), rail[h])
+        ex = _exchange(
+            g, "intra_ids", "intra_pooled", rail[h], served, pooling, width, id_bytes, w.weighted, w.row_bytes, dedup
+        )
         for m, ph in zip(members, ex, strict=True):
             phases[m] = [*peer_ids[m], *ph, *peer_rows[m]]  # forward order: (1), (2) and (4), (6)
 
@@ -309,9 +356,9 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
         h = layout.host_of(r)
         ar = []
         if layout.world > 1 and w.shape.head_params > 0:
-            ar.append(AllReduce("dense", layout.world, hosts, FLOAT_BYTES * w.shape.head_params))
+            ar.append(AllReduce("dense", layout.world, hosts, w.allreduce_param_bytes * w.shape.head_params))
         if per_host > 1 and host_params[h] > 0:
-            ar.append(AllReduce("intra", per_host, 1, FLOAT_BYTES * float(host_params[h])))
+            ar.append(AllReduce("intra", per_host, 1, w.allreduce_param_bytes * float(host_params[h])))
         out.append(RankTraffic(r, tuple(phases[r]), tuple(ar)))
     return out
 

@@ -7,7 +7,8 @@ and teacher are never drawn); `tests/test_cost.py` checks it equals `SyntheticSo
 
     ModelShape   towers, Tower Module output widths (floats per sample), parameter counts and
                  forward FLOPs per sample of every dense part
-    Workload     features + shape + embedding dim + per-rank batch: the input of traffic.py
+    Workload     features + shape + embedding dim + per-rank batch + what the wire carries (widths,
+                 id deduplication): the input of traffic.py
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from dmt.config import Config, DataConfig, ModelConfig
+from dmt.cost.ids import IdStatistics, MeasuredIds, ZipfIds
 from dmt.models.build import build_model, resolve_towers
 from dmt.specs import FeatureSpec
 
@@ -53,6 +55,29 @@ class Workload:
     dim: int
     batch_size: int  # per rank
     weighted: bool = False  # per-id float32 weights travel with the ids
+    row_bytes: int = 4  # bytes per float of pooled rows and their gradients on the wire (fp32 4, bf16 / fp16 2)
+    allreduce_param_bytes: int = 4  # bytes per dense parameter in the gradient all-reduce
+    ids: IdStatistics | None = None  # dedup_ids: what deduplicated id messages hold (dmt/cost/ids.py); None: plain
+
+
+def wire_widths(dist_cfg) -> dict:
+    """The Workload fields a [dist] section sets: row and all-reduce widths (ids: see `id_statistics`)."""
+    from dmt.distributed.wire import wire_dtype
+
+    return {
+        "row_bytes": wire_dtype(dist_cfg.comm_precision).itemsize,
+        "allreduce_param_bytes": wire_dtype(dist_cfg.allreduce_precision).itemsize,
+    }
+
+
+def id_statistics(data: DataConfig) -> IdStatistics:
+    """What deduplicated id messages of this data hold: computed for synthetic data, else counted
+    on the source's first training samples."""
+    if data.source == "synthetic":
+        return ZipfIds(data.synthetic.zipf_exponent, data.synthetic.max_pooling)
+    from dmt.data import make_source
+
+    return MeasuredIds(make_source(data))
 
 
 def feature_specs(data: DataConfig) -> tuple[list[FeatureSpec], int]:

@@ -3,11 +3,13 @@
 `Exchange` wraps a group and records, for every all-to-all it runs, the bytes this rank sends to
 each other member, split into intra-host and cross-host by the members' hosts, the number of
 non-empty messages, and the wall time this rank spent inside the collective. Counts and times
-include the backward pass of differentiable exchanges.
+include the backward pass of differentiable exchanges. Rows travel at the exchange's `wire` width
+(dmt/distributed/wire.py) and are counted as sent.
 """
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 
@@ -16,6 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dmt.distributed.topology import Layout
+from dmt.distributed.wire import RowWire
 from dmt.guard import device_sync
 
 
@@ -25,6 +28,7 @@ class CommCounter:
     cross_host_bytes: int = 0
     messages: int = 0
     by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes (all tiers)
+    cross_host_by_phase: dict[str, int] = field(default_factory=dict)  # phase -> bytes sent across hosts
     # payload of dense gradients all-reduced (not split by tier: the backend picks the algorithm)
     allreduce_bytes: int = 0
     allreduce_cross_host_bytes: int = 0  # the part all-reduced over groups that span hosts
@@ -49,6 +53,7 @@ class CommCounter:
             return
         if cross_host:
             self.cross_host_bytes += nbytes
+            self.cross_host_by_phase[phase] = self.cross_host_by_phase.get(phase, 0) + nbytes
         else:
             self.intra_host_bytes += nbytes
         self.messages += 1
@@ -60,6 +65,7 @@ class CommCounter:
             "cross_host_bytes": self.cross_host_bytes,
             "messages": self.messages,
             "by_phase": dict(self.by_phase),
+            "cross_host_by_phase": dict(self.cross_host_by_phase),
             "allreduce_bytes": self.allreduce_bytes,
             "allreduce_cross_host_bytes": self.allreduce_cross_host_bytes,
             "seconds_by_phase": dict(self.seconds_by_phase),
@@ -68,10 +74,28 @@ class CommCounter:
             "intervals": list(self.intervals),
         }
 
+    def merge(self, other: CommCounter) -> None:
+        """Add what `other` counted (a batch's input exchange, run ahead of its step)."""
+        self.intra_host_bytes += other.intra_host_bytes
+        self.cross_host_bytes += other.cross_host_bytes
+        self.messages += other.messages
+        self.allreduce_bytes += other.allreduce_bytes
+        self.allreduce_cross_host_bytes += other.allreduce_cross_host_bytes
+        self.allreduce_s += other.allreduce_s
+        for mine, theirs in (
+            (self.by_phase, other.by_phase),
+            (self.cross_host_by_phase, other.cross_host_by_phase),
+            (self.seconds_by_phase, other.seconds_by_phase),
+        ):
+            for phase, value in theirs.items():
+                mine[phase] = mine.get(phase, 0) + value
+        self.intervals.extend(other.intervals)
+
     def reset(self) -> None:
         self.intra_host_bytes = self.cross_host_bytes = self.messages = 0
         self.allreduce_bytes = self.allreduce_cross_host_bytes = 0
         self.by_phase, self.seconds_by_phase, self.allreduce_s, self.intervals = {}, {}, 0.0, []
+        self.cross_host_by_phase = {}
 
 
 def union_s(intervals: list[tuple[float, float]]) -> float:
@@ -95,11 +119,13 @@ class Exchange:
         layout: Layout,
         counter: CommCounter,
         name: str,
+        wire: RowWire | None = None,
         profile: bool = False,
     ) -> None:
         """profile: wait for the device around each collective (CUDA), so that its time is the
         transfer's; off in training, where the wait would undo the overlap."""
         self.group, self.members, self.layout, self.counter, self.name = group, members, layout, counter, name
+        self.wire = wire if wire is not None else RowWire()
         self.profile = profile
         self.size = len(members)
         self.index = members.index(rank)
@@ -152,8 +178,15 @@ class Exchange:
         """Swap small per-member count vectors: send [size, k] int64 -> recv [size, k]."""
         return self.all_to_all(send, [1] * self.size, [1] * self.size, "counts")
 
+    def with_counter(self, counter: CommCounter) -> Exchange:
+        """The same exchange, counting into `counter` (a batch's input exchange, run ahead of its step)."""
+        other = copy.copy(self)
+        other.counter = counter
+        return other
+
     def rows(self, x: Tensor, send: list[int], recv: list[int], phase: str) -> Tensor:
-        """Differentiable all_to_all: the backward sends gradients back along the same links."""
+        """Differentiable all_to_all of float rows at the `wire` width: the backward sends the
+        gradients back along the same links, at the same width."""
         if self.size == 1:
             return x
         if torch.is_grad_enabled() and not x.requires_grad:
@@ -172,10 +205,11 @@ def _sync(x: Tensor, profile: bool) -> None:
 class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, send: list[int], recv: list[int], ex: Exchange, phase: str) -> Tensor:
-        ctx.args = (send, recv, ex, phase)
-        return ex.all_to_all(x, send, recv, phase)
+        ctx.args = (send, recv, ex, phase, x.dtype)
+        return ex.wire.decode(ex.all_to_all(ex.wire.encode(x), send, recv, phase), dtype=x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        send, recv, ex, phase = ctx.args
-        return ex.all_to_all(grad.contiguous(), recv, send, f"{phase}.grad"), None, None, None, None
+        send, recv, ex, phase, dtype = ctx.args
+        sent = ex.all_to_all(ex.wire.encode(grad.contiguous(), grad=True), recv, send, f"{phase}.grad")
+        return ex.wire.decode(sent, grad=True, dtype=dtype), None, None, None, None

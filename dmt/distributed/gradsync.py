@@ -19,7 +19,9 @@ when the backward reaches the logits waits for every bucket at the end of the ba
 unused parameter's gradient counts as zero) and writes the averages back. Averaging (not
 summing) keeps gradient accumulation right: a gradient that is already synchronised is the same
 on every rank and stays unchanged. Inside `no_sync()` nothing is reduced (accumulate locally;
-the next synchronised backward reduces the sum).
+the next synchronised backward reduces the sum). A bucket may all-reduce at a narrower width
+(`dtype`, as DDP's bf16 / fp16 compression hooks): the average is taken in fp32, cast, reduced and
+cast back; the counters count the bytes at that width.
 """
 
 from __future__ import annotations
@@ -58,8 +60,17 @@ def scale_grad(x: Tensor, factor: float) -> Tensor:
 class Bucket:
     """Parameters averaged over one process group through one flat buffer."""
 
-    def __init__(self, name: str, params: list[nn.Parameter], group, members: tuple[int, ...], cross_host: bool):
+    def __init__(
+        self,
+        name: str,
+        params: list[nn.Parameter],
+        group,
+        members: tuple[int, ...],
+        cross_host: bool,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.name, self.params, self.group, self.members, self.cross_host = name, params, group, members, cross_host
+        self.dtype = dtype
         self.size = len(members)
         self.ready: set[int] = set()
         self.finish = None  # set once launched: waits and writes back
@@ -69,11 +80,12 @@ class Bucket:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
         flat = torch.cat([p.grad.reshape(-1) for p in self.params]).mul_(1.0 / self.size)
-        counter.allreduce_bytes += flat.numel() * flat.element_size()
+        wire = flat if flat.dtype == self.dtype else flat.to(self.dtype)
+        counter.allreduce_bytes += wire.numel() * wire.element_size()
         if self.cross_host:
-            counter.allreduce_cross_host_bytes += flat.numel() * flat.element_size()
+            counter.allreduce_cross_host_bytes += wire.numel() * wire.element_size()
         start = time.perf_counter()
-        work = dist.all_reduce(flat, group=self.group, async_op=True)
+        work = dist.all_reduce(wire, group=self.group, async_op=True)
         done: list[float] = []  # when the backend finished it (the wait may come much later)
         work.get_future().add_done_callback(lambda _: done.append(time.perf_counter()))
 
@@ -82,6 +94,8 @@ class Bucket:
             end = done[0] if done else time.perf_counter()
             counter.allreduce_s += end - start
             counter.intervals.append((start, end, self.members))
+            if wire is not flat:
+                flat.copy_(wire)
             offset = 0
             for p in self.params:
                 p.grad.copy_(flat[offset : offset + p.numel()].view_as(p))

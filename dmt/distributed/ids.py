@@ -2,6 +2,8 @@
 
 send_ids:     each member j of a group gets this rank's ids for the features j serves.
 return_rows:  each member gets back dense rows for the samples it sent, per serving member.
+RoutedIds:    what a batch's input exchange leaves on a rank: the ids its tables serve and the
+              sample counts the rest of the step sends rows back by (flat.py, sptt.py `route`).
 
 Samples received from several members are stacked source by source: rows [0, B_0) came from
 member 0, [B_0, B_0 + B_1) from member 1, and so on; `return_rows` sends them back in that order.
@@ -9,56 +11,95 @@ member 0, [B_0, B_0 + B_1) from member 1, and so on; `return_rows` sends them ba
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
-from dmt.distributed.comm import Exchange
+from dmt.distributed.comm import CommCounter, Exchange
+from dmt.distributed.idcodec import IdCodec
 from dmt.guard import allowed_sync
 from dmt.sparse import KeyedJagged
 
 
+@dataclass
+class RoutedIds:
+    """A batch's ids after its input exchange (the part of the step that does not depend on the
+    parameters, so it may run ahead of the step).
+
+    ids: the ids of the features this rank's tables serve, for every sample that reaches it,
+        stacked by source (flat: W * B samples; SPTT: L * H * B).
+    sizes: samples per source of the last hop (flat: the global exchange; SPTT: intra-host).
+    batch_size: this rank's own samples B.
+    rail_sizes, rail_batch: SPTT only, the peer hop: samples per peer and their sum H * B.
+    counter: what the input exchange counted (merged into the model's counter when the batch runs).
+    """
+
+    ids: KeyedJagged
+    sizes: list[int]
+    batch_size: int
+    counter: CommCounter
+    rail_sizes: list[int] | None = None
+    rail_batch: int = 0
+
+
 def send_ids(
-    ex: Exchange, kj: KeyedJagged, serves: list[list[str]], phase: str, id_dtype: torch.dtype = torch.int64
+    ex: Exchange,
+    kj: KeyedJagged,
+    serves: list[list[str]],
+    phase: str,
+    id_dtype: torch.dtype = torch.int64,
+    codec: IdCodec | None = None,
 ) -> tuple[KeyedJagged, list[int]]:
     """serves[j]: the features member j serves. -> (ids for serves[me] from every member, stacked by
     source member; samples per source [size]).
 
-    Two collectives: the per-member counts (lengths, ids), then one message per member holding its
-    lengths (int32), ids (`id_dtype`: int32 when every table has fewer than 2^31 rows) and, for
-    weighted features, weights (float32), back to back as bytes."""
+    Two collectives: the per-member counts, then one message per member. Without `codec` the
+    counts are (lengths, ids) and a message holds its lengths (int32), ids (`id_dtype`: int32 when
+    every table has fewer than 2^31 rows) and, for weighted features, weights (float32), back to
+    back as bytes. With `codec` (dedup_ids) the counts are (lengths, ids, message bytes) and the
+    message is the codec's deduplicated, bit-packed form (dmt/distributed/idcodec.py); the part
+    a rank keeps for itself never travels and stays plain."""
     parts = kj.per_key()
     mine = serves[ex.index]
     weighted = kj.weights is not None
     payloads, counts = [], []
-    for feats in serves:
+    for j, feats in enumerate(serves):
         sub = [parts[f] for f in feats]
         lengths = torch.cat([p[1] for p in sub]) if sub else kj.lengths[:0]
         values = torch.cat([p[0] for p in sub]) if sub else kj.values[:0]
-        pieces = [lengths.to(torch.int32), values.to(id_dtype)]
-        if weighted:
-            pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
-        payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
-        counts.append([lengths.numel(), values.numel()])
+        if codec is not None and j != ex.index:
+            with allowed_sync("dedup_ids: a message's bit widths are chosen on the host"):
+                payloads.append(codec.encode(sub, feats, kj.values.device))
+        else:
+            pieces = [lengths.to(torch.int32), values.to(id_dtype)]
+            if weighted:
+                pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
+            payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
+        counts.append([lengths.numel(), values.numel()] + ([payloads[-1].numel()] if codec is not None else []))
     with allowed_sync("the receive buffer's size: the all-to-all takes its splits on the host"):
         recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
     id_size = id_dtype.itemsize
     per_value = id_size + (4 if weighted else 0)
-    got = ex.all_to_all(
-        torch.cat(payloads), [p.numel() for p in payloads], [4 * nl + per_value * nv for nl, nv in recv], phase
-    )
+    if codec is not None:
+        recv_bytes = [c[2] for c in recv]
+    else:
+        recv_bytes = [4 * nl + per_value * nv for nl, nv in recv]
+    got = ex.all_to_all(torch.cat(payloads), [p.numel() for p in payloads], recv_bytes, phase)
 
     n = len(mine)
-    sizes = [nl // n if n else 0 for nl, _ in recv]
+    sizes = [c[0] // n if n else 0 for c in recv]
     sources, offset = [], 0  # per source member: lengths [n * B_j], values, weights
-    for nl, nv in recv:
-        lengths = _from_bytes(got, offset, nl, torch.int32).long()
-        offset += 4 * nl
-        values = _from_bytes(got, offset, nv, id_dtype).long()
-        offset += id_size * nv
-        weights = None
-        if weighted:
-            weights = _from_bytes(got, offset, nv, torch.float32)
-            offset += 4 * nv
+    for j, (c, nbytes) in enumerate(zip(recv, recv_bytes, strict=True)):
+        nl, nv = c[0], c[1]
+        if codec is not None and j != ex.index:
+            with allowed_sync("dedup_ids: a message's bit widths are read on the host"):
+                values, lengths, weights = codec.decode(got[offset : offset + nbytes], mine, nl, nv, weighted)
+        else:
+            lengths = _from_bytes(got, offset, nl, torch.int32).long()
+            values = _from_bytes(got, offset + 4 * nl, nv, id_dtype).long()
+            weights = _from_bytes(got, offset + 4 * nl + id_size * nv, nv, torch.float32) if weighted else None
+        offset += nbytes
         sources.append((lengths, values, weights))
     if not n:
         return KeyedJagged.concat_keys([], [], 0, kj.values.device), sizes

@@ -16,6 +16,11 @@ B samples per rank. Example H = 2, L = 2, towers A (host 0) and B (host 1):
         rank (h,l) gets [B, D'_t] for every tower t: only D'_t = D_t / CR crosses hosts
     (7) interaction + top MLP on (h,l), data-parallel over all W ranks
 
+Steps (1) and (2) are the input exchange (`sptt_route`): ids alone, which depend on no parameter,
+so a pipelined step runs them for batch i+1 while batch i computes (3)-(7) (`sptt_compute`).
+Pooled rows and their gradients travel at the model's wire width (fp32, bf16 or fp16), ids exactly
+(deduplicated and bit-packed with dedup_ids; dmt/distributed/wire.py).
+
 The backward pass mirrors (6), (5), (4) and (3) through autograd. With identity Tower Modules the
 head sees exactly the flat baseline's inputs: placement and schedule change, the math does not.
 
@@ -30,42 +35,54 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from dmt.distributed.comm import CommCounter
 from dmt.distributed.gradsync import scale_grad
-from dmt.distributed.ids import return_rows, send_ids, split_by_feature
+from dmt.distributed.ids import RoutedIds, return_rows, send_ids, split_by_feature
 from dmt.sparse import KeyedJagged
 
 
-def sptt_forward(sm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
-    """sm: ShardedModel in SPTT mode. dense [B, num_dense], sparse (B samples) -> logits [B]."""
-    model, plan, layout, widths = sm.module, sm.plan, sm.plan.layout, sm.widths
+def sptt_route(sm, sparse: KeyedJagged) -> RoutedIds:
+    """(1) and (2): the input exchange of a batch, counted into a counter of its own. Collective
+    over the input groups; depends on no parameter (it may run ahead of the step)."""
+    model, plan, layout = sm.module, sm.plan, sm.plan.layout
     host = layout.host_of(sm.rank)
     host_features = [[f for t in plan.towers_on(g) for f in model.towers[t]] for g in range(layout.hosts)]
-
-    timer = sm.timer
     served = [plan.features_served_by(r) for r in layout.host_ranks(host)]
-    with timer("input_exchange"):
-        # (1) peer id all-to-all: my ids of host g's towers go to (g, my local index)
-        rail_ids, rail_sizes = send_ids(sm.peer_ex, sparse, host_features, "peer_ids", plan.id_dtype)  # H*B samples
-        # (2) intra-host id all-to-all: to the rank of my host that owns each table
-        own_ids, own_sizes = send_ids(sm.intra_ex, rail_ids, served, "intra_ids", plan.id_dtype)
+    counter = CommCounter()
+    peer, intra = sm.input_peer_ex.with_counter(counter), sm.input_intra_ex.with_counter(counter)
+    # (1) peer id all-to-all: my ids of host g's towers go to (g, my local index)
+    rail_ids, rail_sizes = send_ids(peer, sparse, host_features, "peer_ids", plan.id_dtype, sm.codec)  # H*B samples
+    # (2) intra-host id all-to-all: to the rank of my host that owns each table
+    own_ids, own_sizes = send_ids(intra, rail_ids, served, "intra_ids", plan.id_dtype, sm.codec)
+    return RoutedIds(own_ids, own_sizes, sparse.batch_size, counter, rail_sizes, rail_ids.batch_size)
+
+
+def sptt_compute(sm, dense: Tensor, routed: RoutedIds) -> Tensor:
+    """(3)-(7): sm a ShardedModel in SPTT mode, dense [B, num_dense], a routed batch -> logits [B]."""
+    model, plan, layout, widths = sm.module, sm.plan, sm.plan.layout, sm.widths
+    host = layout.host_of(sm.rank)
+    served = [plan.features_served_by(r) for r in layout.host_ranks(host)]
+    timer = sm.timer
     with timer("lookup"):
         # (3) lookup and pooling of the tables I own
-        pooled = model.embeddings.pool(own_ids)  # [L*H*B, sum of my features' widths]
+        pooled = model.embeddings.pool(routed.ids)  # [L*H*B, sum of my features' widths]
     with timer("output_exchange"):
         # (4) intra-host pooled all-to-all: every feature of my host for my rail's H*B samples
         served_widths = [sum(widths[f] for f in s) for s in served]
-        rows = return_rows(sm.intra_ex, pooled, own_sizes, served_widths, rail_ids.batch_size, "intra_pooled")
+        rows = return_rows(sm.intra_ex, pooled, routed.sizes, served_widths, routed.rail_batch, "intra_pooled")
     per_feature = split_by_feature([scale_grad(r, 1 / layout.ranks_per_host) for r in rows], served, widths)
     with timer("tower_module"):
         # (5) Tower Modules of my host's towers: [H*B, D_t] -> [H*B, D'_t]
         mine = plan.towers_on(host)
         compressed = [model.tower_modules[t](model.tower_input(per_feature, t)) for t in mine]
-        # float32 on the wire whatever precision the Tower Modules computed in
-        block = torch.cat(compressed, 1).float() if compressed else pooled.new_zeros(rail_ids.batch_size, 0)
+        # float32 whatever precision the Tower Modules computed in; the wire's width is dist.comm_precision
+        block = torch.cat(compressed, 1).float() if compressed else pooled.new_zeros(routed.rail_batch, 0)
     with timer("output_exchange"):
         # (6) peer pooled all-to-all: each peer gets its B rows of every tower
         out_widths = [[model.tower_widths[t] for t in plan.towers_on(g)] for g in range(layout.hosts)]
-        got = return_rows(sm.peer_ex, block, rail_sizes, [sum(w) for w in out_widths], sparse.batch_size, "peer_pooled")
+        got = return_rows(
+            sm.peer_ex, block, routed.rail_sizes, [sum(w) for w in out_widths], routed.batch_size, "peer_pooled"
+        )
     outputs: list[Tensor | None] = [None] * len(model.towers)
     for g, part in enumerate(got):
         for t, out in zip(plan.towers_on(g), part.split(out_widths[g], dim=1), strict=True):

@@ -8,6 +8,9 @@
     intra-host     the L ranks of h     SPTT steps 2 and 4
     tower group    the L ranks of h     SPTT Tower Module gradients (beside step 4's backward)
     cross-host     the H ranks with l   SPTT steps 1 and 6 (a "rail": same local index)
+    input groups   world, intra-host    the input (id) exchanges alone: a pipelined step runs the
+                   and cross-host       next batch's on them while this batch's exchanges and
+                   again                all-reduces run on the groups above
 
 Groups are created collectively (every rank calls `Topology.create`) and passed explicitly. A
 world of one (`Topology.single()`) has no process group at all: one device, no collectives.
@@ -81,6 +84,9 @@ class Topology:
     intra_group: dist.ProcessGroup | None = None
     tower_group: dist.ProcessGroup | None = None
     peer_group: dist.ProcessGroup | None = None
+    input_world_group: dist.ProcessGroup | None = None
+    input_intra_group: dist.ProcessGroup | None = None
+    input_peer_group: dist.ProcessGroup | None = None
 
     @property
     def host(self) -> int:
@@ -110,6 +116,15 @@ class Topology:
             g = dist.new_group(layout.peer_ranks(local))
             if local == topo.local:
                 topo.peer_group = g
+        topo.input_world_group = dist.new_group(list(range(world)))
+        for h in range(layout.hosts):
+            g = dist.new_group(layout.host_ranks(h))
+            if h == topo.host:
+                topo.input_intra_group = g
+        for local in range(layout.ranks_per_host):
+            g = dist.new_group(layout.peer_ranks(local))
+            if local == topo.local:
+                topo.input_peer_group = g
         return topo
 
     @staticmethod

@@ -4,7 +4,8 @@
     our EmbeddingBagCollection  --torchrec_ebc-->  torchrec.EmbeddingBagCollection   (same weights)
     TorchRecModel(model):  KJT --TorchRec EBC--> {feature: [B, d]} --our Tower Modules, head--> logits
     shard(TorchRecModel, sharding):  DistributedModelParallel, tables table-wise, table-row-wise or row-wise
-                                     (fused SGD / row-wise Adagrad, or dense kernel)
+                                     (fused SGD / row-wise Adagrad, or dense kernel; optionally
+                                     TorchRec's quantized communication, qcomms)
 
 Only the embedding stage differs from our model, so the two can be compared number for number
 (tests/test_torchrec.py compares it with our flat baseline on 2 x 2 gloo ranks).
@@ -143,6 +144,10 @@ def shard(
     lr: float,
     kernel: str = "fused",
     optimizer: str = "sgd",
+    qcomms: str = "fp32",
+    fp16_grad_scale: float | None = None,
+    root: nn.Module | None = None,
+    prefix: str = "",
 ) -> nn.Module:
     """Collective. Shard `module.ebc` with DistributedModelParallel on the default group.
 
@@ -197,11 +202,13 @@ def shard(
     if kernel == "fused":
         opt = EmbOptimType.EXACT_SGD if optimizer == "sgd" else EmbOptimType.EXACT_ROWWISE_ADAGRAD
         fused = {"optimizer": opt, "learning_rate": lr, "eps": 1e-8}
-    sharder = EmbeddingBagCollectionSharder(fused_params=fused)
+    sharder = EmbeddingBagCollectionSharder(
+        fused_params=fused, qcomm_codecs_registry=qcomm_registry(qcomms, fp16_grad_scale)
+    )
     dmp = DistributedModelParallel(
-        module,
+        module if root is None else root,
         device=torch.device("cpu"),
-        plan=ShardingPlan({"ebc": ebc_plan}),
+        plan=ShardingPlan({f"{prefix}ebc": ebc_plan}),
         sharders=[sharder],
     )
     # Workaround: on CPU TorchRec 1.8's ShardedEmbeddingBagCollection does not take the unsharded
@@ -212,6 +219,17 @@ def shard(
             for (row, col), local in shards:
                 local.copy_(full[table][row : row + local.shape[0], col : col + local.shape[1]])
     return dmp
+
+
+def qcomm_registry(precision: str, fp16_grad_scale: float | None = None):
+    """TorchRec's codecs for pooled embeddings at `precision` ("fp32": none), forward and backward."""
+    if precision == "fp32":
+        return None
+    from torchrec.distributed.fbgemm_qcomm_codec import CommType, QCommsConfig, get_qcomm_codecs_registry
+
+    kind = {"fp16": CommType.FP16, "bf16": CommType.BF16}[precision]
+    config = QCommsConfig(forward_precision=kind, backward_precision=kind, backward_loss_scale=fp16_grad_scale)
+    return get_qcomm_codecs_registry(config, device=torch.device("cpu"))
 
 
 def shard_table_wise(

@@ -164,7 +164,9 @@ def model_builder(arch: str) -> Callable[[ModelInputs], MultiTowerModel]:
 
 def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -> MultiTowerModel:
     """Build on the current torch seed; two calls after the same torch.manual_seed are equal.
-    Inside `dmt.deferred_tables()` the tables are left to be created where they live."""
+    Inside `dmt.deferred_tables()` the tables are left to be created where they live. With
+    model.embedding_backend = "fbgemm" the tables are FBGEMM's (dmt/modules/fused.py), with the
+    same initial values."""
     names = [f.name for f in features]
     towers = resolve_towers(cfg, names) if has_towers(cfg) else None
     inputs = ModelInputs(list(features), num_dense, towers, compression_ratios(cfg, len(towers)) if towers else [], cfg)
@@ -175,6 +177,10 @@ def build_model(cfg: ModelConfig, features: list[FeatureSpec], num_dense: int) -
         raise
     except (ValueError, TypeError) as e:
         raise UserError(f"model.arch {cfg.arch!r} could not build the model: {e}") from None
+    if cfg.embedding_backend == "fbgemm":
+        from dmt.modules.fused import FusedEmbeddingBagCollection
+
+        model.embeddings = FusedEmbeddingBagCollection.like(model.embeddings)
     check_model(model, features, num_dense, cfg.arch)
     return model
 

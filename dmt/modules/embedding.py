@@ -111,14 +111,17 @@ class EmbeddingBagCollection(nn.Module):
                 self.tables[spec.name] = self._new_table(i, spec)
 
     def _new_table(self, index: int, spec: TableSpec) -> nn.EmbeddingBag:
+        weight = self.initial_weight(index, spec)
+        return nn.EmbeddingBag(*weight.shape, mode="sum", sparse=True, _weight=weight)
+
+    def initial_weight(self, index: int, spec: TableSpec) -> Tensor:
+        """The initial values [rows, d] of the table declared at `index`: uniform in +-1/sqrt(d), from
+        the table's own generator (the same whoever creates it, and with either backend)."""
         rows, dim = spec.num_embeddings, spec.embedding_dim
-        # the initial values are drawn on the host, so that they are the same on every device
-        table = nn.EmbeddingBag(rows, dim, mode="sum", sparse=True, _weight=torch.empty(rows, dim, device="cpu"))
         bound = 1.0 / math.sqrt(dim)
         generator = torch.Generator().manual_seed((self.seed * 1_000_003 + index) % 2**63)
-        with torch.no_grad():
-            table.weight.uniform_(-bound, bound, generator=generator)
-        return table
+        # drawn on the host, so that they are the same on every device
+        return torch.empty(rows, dim, device="cpu").uniform_(-bound, bound, generator=generator)
 
     def table_features(self) -> dict[str, list[str]]:
         """table -> the features that read it, in feature order (only tables this collection holds)."""

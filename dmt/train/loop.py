@@ -2,7 +2,8 @@
 
     build:       data source, the model (tables deferred), dmt.shard(model, topology), optimizers
     train_step:  logits = model(dense, sparse) on this rank's batch -> BCE loss (local mean)
-                 -> loss.backward() (gradient sync hangs on autograd) -> optimizers' step()
+                 -> loss.backward() (gradient sync hangs on autograd) -> optimizers' step();
+                 with train.pipeline the batch arrives with its input exchange done (pipeline.py)
     train:       steps from the start (or the checkpoint), logging, checkpoints; then the final
                  checkpoint, evaluation (evaluate.py) and summary.json (summary.py)
 
@@ -24,8 +25,10 @@ from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
 from dmt.data.loader import prefetch
+from dmt.distributed.ids import RoutedIds
 from dmt.distributed.sharded import ShardedModel, shard
 from dmt.distributed.topology import Topology
+from dmt.distributed.wire import WireOptions
 from dmt.emulate.faults import kill_if_due
 from dmt.models.build import build_model
 from dmt.modules.embedding import deferred_tables
@@ -35,6 +38,7 @@ from dmt.train import checkpoint as ckpt
 from dmt.train.evaluate import evaluate
 from dmt.train.observe import RunLog
 from dmt.train.optim import make_optimizers
+from dmt.train.pipeline import PipelinedBatches, training_batches
 from dmt.train.summary import StepRecorder, summarize
 
 
@@ -83,16 +87,18 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
         model = build_model(cfg.model, source.features, source.num_dense)
     if cfg.train.precision == "bf16" and cfg.train.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    sharded = shard(model, topo, cfg.dist.mode, profile=cfg.train.profile, precision=cfg.train.precision)
+    wire = WireOptions.from_config(cfg.dist)
+    sharded = shard(model, topo, cfg.dist.mode, profile=cfg.train.profile, precision=cfg.train.precision, wire=wire)
     sharded = sharded.to(cfg.train.device)
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
 
-def train_step(t: Trainee, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on this rank's batch. -> (local mean loss, logits [B]), both detached."""
+def train_step(t: Trainee, batch: Batch, routed: RoutedIds | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on this rank's batch (`routed`: its input exchange, already done).
+    -> (local mean loss, logits [B]), both detached."""
     timer = t.timer
     with timer("forward"):
-        logits = t.model(batch.dense, batch.sparse)
+        logits = t.model(batch.dense, routed if routed is not None else batch.sparse)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
     for opt in t.optimizers:
         opt.zero_grad(set_to_none=True)
@@ -121,12 +127,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         unit="step",
     )
     recorder.start()
+    batches = training_batches(t, stream, steps - start, device, cfg.train.pipeline)
     for step in bar:
         kill_if_due(step, t.rank)  # `dmt emulate --fault kill:...` only
         recorder.begin_step()
         with t.timer("data"):
-            batch = next(stream).to(device, non_blocking=True)
-        loss, _ = train_step(t, batch)
+            batch, sparse = next(batches)
+        loss, _ = train_step(t, batch, sparse if isinstance(sparse, RoutedIds) else None)
         recorder.end_step(loss)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
             record = recorder.log_record(step + 1, cfg.train.log_every)
@@ -135,6 +142,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
             ckpt.save(t.model, t.optimizers, t.topo, cfg, out, step + 1)
     recorder.stop()
+    if isinstance(batches, PipelinedBatches):
+        batches.close()  # its thread has routed its last batch
     stream.close()  # stops the background loader; the source reports what it skipped
     bar.close()
 

@@ -56,10 +56,18 @@ def dense_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
 def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """The embedding optimizer over `model.embedding_parameters()` and the dense one over
     `model.dense_parameters()` (a MultiTowerModel or a ShardedModel); none for an empty group
-    (a rank may own no table)."""
+    (a rank may own no table). Tables whose kernel fuses the optimizer into its backward
+    (model.embedding_backend = "fbgemm") are configured with it and get a stand-in that holds
+    its state (dmt/modules/fused.py)."""
     optimizers = []
     emb, dense = model.embedding_parameters(), model.dense_parameters()
-    if emb:
+    tables = getattr(model, "module", model).embeddings
+    if emb and getattr(tables, "fuses_optimizer", False):
+        from dmt.modules.fused import FusedTables
+
+        tables.configure(cfg.embedding_optimizer, cfg.embedding_lr)
+        optimizers.append(FusedTables(tables))
+    elif emb:
         optimizers.append(embedding_optimizer(emb, cfg))
     if dense:
         optimizers.append(dense_optimizer(dense, cfg))

@@ -29,6 +29,7 @@ class StepRecorder:
         self.phases: list[dict[str, float]] = []
         self.comm: list[dict] = []
         self.log: list[dict] = []
+        self.windows: list[tuple[float, float]] = []  # each step's (start, end) on the host clock
         self._step_start = 0.0
 
     def start(self) -> None:
@@ -42,7 +43,9 @@ class StepRecorder:
 
     def end_step(self, loss: torch.Tensor) -> None:
         self.losses.append(loss)
-        self.step_s.append(time.perf_counter() - self._step_start)
+        end = time.perf_counter()
+        self.step_s.append(end - self._step_start)
+        self.windows.append((self._step_start, end))
         self.phases.append(dict(self.t.timer.totals))
         self.comm.append(self.t.model.counter.snapshot())
 
@@ -87,6 +90,7 @@ def summarize(t, cfg: Config, rec: StepRecorder, quality: dict, start: int) -> d
     }
     phases = sorted({p for c in comm for p in c["by_phase"]})
     by_phase = {p: float(np.mean([c["by_phase"].get(p, 0) for c in comm])) for p in phases}
+    cross = {p: float(np.mean([c["cross_host_by_phase"].get(p, 0) for c in comm])) for p in phases}
     malformed = getattr(t.source, "malformed", None)  # file sources count rows they skipped
     skipped = sum(c.rows for c in malformed.values()) if malformed else 0
     layout = t.topo.layout
@@ -100,8 +104,11 @@ def summarize(t, cfg: Config, rec: StepRecorder, quality: dict, start: int) -> d
         "comm": {
             **mean_over_ranks(t, per_step),
             "by_phase": mean_over_ranks(t, by_phase),
+            "cross_host_by_phase": mean_over_ranks(t, cross),
             # on a GPU the host clock sees a collective only being queued: times need train.profile
-            "time_ms": comm_time_ms(t, comm) if comm and (t.device.type == "cpu" or cfg.train.profile) else None,
+            "time_ms": (
+                comm_time_ms(t, comm, rec.windows) if comm and (t.device.type == "cpu" or cfg.train.profile) else None
+            ),
         },
         "world": {"hosts": layout.hosts, "ranks_per_host": layout.ranks_per_host},
         "mode": t.mode,
@@ -128,7 +135,7 @@ def least_over_ranks(t, values: dict[str, float]) -> dict[str, float]:
     return {k: float(min(e[k] for e in everyone)) for k in values}
 
 
-def comm_time_ms(t, comm: list[dict]) -> dict:
+def comm_time_ms(t, comm: list[dict], windows: list[tuple[float, float]] | None = None) -> dict:
     """Milliseconds per step inside collectives (warm-up step left out): all-to-alls by phase and
     summed, the gradient all-reduces, "busy", the time with any collective in flight (the
     all-reduce overlaps the backward's exchanges, so busy < alltoall + allreduce), and where the
@@ -136,8 +143,12 @@ def comm_time_ms(t, comm: list[dict]) -> dict:
 
     "mean": the mean over ranks, which includes waiting for late members; "min": per entry the
     rank that waited least (it arrived last), the closest a measurement gets to the transfer alone.
+    windows: each step's wall-clock span; "after_last_arrival" then counts, per step, the time
+    inside its window with any collective in flight, whichever batch it serves (a pipelined step
+    runs the next batch's input exchange during its own window).
     """
     steps = comm[1:] or comm
+    windows = (windows[1:] if len(comm) > 1 else windows) if windows else None
 
     def ms(values: list[float]) -> float:
         return 1e3 * float(np.mean(values))
@@ -145,7 +156,7 @@ def comm_time_ms(t, comm: list[dict]) -> dict:
     phases = sorted({p for c in steps for p in c["seconds_by_phase"]})
     per_rank = {p: ms([c["seconds_by_phase"].get(p, 0.0) for c in steps]) for p in phases}
     totals = {"allreduce": ms([c["allreduce_s"] for c in steps]), "busy": ms([c["busy_s"] for c in steps])}
-    net = _after_last_arrival_ms(t, steps)
+    net = _after_last_arrival_ms(t, steps, windows)
     if net is not None:
         totals["after_last_arrival"] = net
     out = {}
@@ -155,11 +166,13 @@ def comm_time_ms(t, comm: list[dict]) -> dict:
     return out
 
 
-def _after_last_arrival_ms(t, steps: list[dict]) -> float | None:
+def _after_last_arrival_ms(t, steps: list[dict], windows: list[tuple[float, float]] | None = None) -> float | None:
     """ms per step with a collective in flight counted from the moment its last member entered it:
-    communication net of waiting for late ranks (compute imbalance). Needs one clock for all ranks,
-    so only when they share a machine (a local run, the emulator); else None."""
-    mine = (socket.gethostname(), [c["intervals"] for c in steps[-200:]])  # the last steps suffice
+    communication net of waiting for late ranks (compute imbalance); with `windows`, counted inside
+    each step's window. Needs one clock for all ranks, so only when they share a machine (a local
+    run, the emulator); else None."""
+    steps, windows = steps[-200:], (windows[-200:] if windows else None)  # the last steps suffice
+    mine = (socket.gethostname(), [c["intervals"] for c in steps])
     everyone = t.topo.all_gather_object(mine)
     if len({host for host, _ in everyone}) > 1:
         return None
@@ -171,8 +184,12 @@ def _after_last_arrival_ms(t, steps: list[dict]) -> float | None:
             k = seen[group] = seen.get(group, -1) + 1  # the k-th call of this group, on every member
             entered = [[c for c in everyone[m][1][s] if c[2] == group][k][0] for m in group]
             spans.append((max(start, *entered), end))
-        per_step.append(union_s([(a, b) for a, b in spans if b > a]))
-    return 1e3 * float(np.mean(per_step))
+        per_step.append([(a, b) for a, b in spans if b > a])
+    if windows is None or len(windows) != len(per_step):
+        return 1e3 * float(np.mean([union_s(spans) for spans in per_step]))
+    every = [span for spans in per_step for span in spans]
+    inside = [union_s([(max(a, lo), min(b, hi)) for a, b in every if b > lo and a < hi]) for lo, hi in windows]
+    return 1e3 * float(np.mean(inside))
 
 
 def per_rank_resources(t, rec: StepRecorder) -> dict:
