@@ -2,7 +2,8 @@
 
     what rank r = (h, l) keeps of the MultiTowerModel
                          flat                                sptt
-    embedding tables     the tables the plan gives r         the same (tables of host h's towers)
+    embedding tables     the tables and shards the plan      the same (tables of host h's towers,
+                         gives r                             cut inside host h)
     Tower Modules        all, data-parallel over W           host h's towers, shared by its L ranks
     head                 a replica, data-parallel over W     a replica, data-parallel over W
 
@@ -13,7 +14,8 @@ exactly as the one-device model would on the global batch (`dmt verify`). In a w
 wrapper is the model itself plus counters: the same training loop serves every topology.
 
 `module` is the one-device model, trimmed to what this rank holds: its parameter names are the
-one-device names, so its state_dict is this rank's part of the one-device state_dict.
+one-device names, so its state_dict is this rank's part of the one-device state_dict; a table
+held as a shard is the block `blocks()` names of the one-device parameter.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from dmt.distributed.comm import CommCounter, Exchange
 from dmt.distributed.flat import flat_forward
 from dmt.distributed.gradsync import Bucket, GradientSync
 from dmt.distributed.plan import ShardingPlan, plan
+from dmt.distributed.shards import unit_key
 from dmt.distributed.sptt import sptt_forward
 from dmt.distributed.topology import Topology
 from dmt.models.base import MultiTowerModel
@@ -54,7 +58,8 @@ class ShardedModel(nn.Module):
         super().__init__()
         self.topo, self.plan, self.rank = topology, sharding, topology.rank
         layout = sharding.layout
-        model.embeddings.hold(sharding.tables_on(self.rank))
+        mine = sharding.shards_on(self.rank)
+        model.embeddings.hold(sharding.tables_on(self.rank), {t: (s.rows, s.cols) for t, s in mine.items()})
         if sharding.mode == "sptt":
             held = set(sharding.towers_on(topology.host))
             for t in range(len(model.tower_modules)):
@@ -62,11 +67,18 @@ class ShardedModel(nn.Module):
                     model.tower_modules[t] = TowerElsewhere(model.tower_in_widths[t], model.tower_widths[t])
         self.module = model
         self.widths = model.embeddings.feature_dims
+        specs = model.embeddings.specs
+        self.mean_tables = {t: spec.pooling == "mean" for t, spec in specs.items()}
+        self.unit_table = dict(sharding.feature_table)  # exchange unit -> table
+        for f, t in sharding.feature_table.items():
+            self.unit_table.update({unit_key(f, k): t for k in range(len(sharding.shards.get(t, ())))})
         self.counter = CommCounter()
         self.timer = timer if timer is not None else PhaseTimer()
+        self._column_groups: dict[str, object] = {}
         if sharding.mode == "single":
             self.sync = None
             return
+        self._column_groups = _column_groups(sharding, self.rank)
         me = self.rank
         self.world_ex = Exchange(topology.world_group, list(range(layout.world)), me, layout, self.counter, "global")
         host = layout.host_ranks(topology.host)
@@ -93,6 +105,22 @@ class ShardedModel(nn.Module):
         """The Tower Modules this rank holds and its replica of the head (dense gradients)."""
         return self.module.dense_parameters()
 
+    def blocks(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Parameters held as shards: one-device name -> (offsets, one-device shape)."""
+        emb = self.module.embeddings
+        out = {}
+        for t, ((r0, _), (c0, _)) in emb.blocks.items():
+            spec = emb.specs[t]
+            out[f"embeddings.tables.{t}.weight"] = ((r0, c0), (spec.num_embeddings, spec.embedding_dim))
+        return out
+
+    def column_shards(self) -> dict[nn.Parameter, tuple[object, int]]:
+        """Shards of part of a table's columns: parameter -> (the process group of the ranks that
+        hold the other columns of its rows, the width of the whole row). Row-wise optimizers sum
+        their per-row statistics over that group (dmt/train/optim.py)."""
+        emb = self.module.embeddings
+        return {emb.tables[t].weight: (g, emb.specs[t].embedding_dim) for t, g in self._column_groups.items()}
+
     @contextmanager
     def no_sync(self) -> Iterator[None]:
         """Backward passes inside accumulate dense gradients locally (as DDP's no_sync); the first
@@ -115,6 +143,22 @@ class ShardedModel(nn.Module):
         logits = dataflow(self, dense, sparse)
         self.sync.attach(logits)
         return logits
+
+
+def _column_groups(sharding: ShardingPlan, rank: int) -> dict[str, object]:
+    """Collective (every rank, same order): one process group per row range of a table cut into
+    several column ranges. -> table -> the group of this rank's shard of it."""
+    mine = {}
+    for t, shards in sharding.shards.items():
+        by_rows: dict[tuple[int, int], list[int]] = {}
+        for s in shards:
+            by_rows.setdefault(s.rows, []).append(s.rank)
+        for ranks in by_rows.values():
+            if len(ranks) > 1:
+                group = dist.new_group(sorted(ranks))
+                if rank in ranks:
+                    mine[t] = group
+    return mine
 
 
 def shard(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from dmt.config import TrainConfig
@@ -13,10 +16,22 @@ class RowWiseAdagrad(torch.optim.Optimizer):
 
     For a table [rows, d] with gradient rows g_i [d]:  s_i += mean(g_i^2);  w_i -= lr g_i / (sqrt(s_i) + eps).
     Takes sparse or dense gradients; rows absent from a sparse gradient are untouched.
+
+    column_shards: parameters that hold only some columns of their table -> (process group of the
+    shards of the same rows, width of the whole row): the mean is over the whole row, so the
+    shards all-reduce their sums of g_i^2 over the rows in their gradient (every shard of a row
+    range gets the same ids, so the same rows, in the same order) and keep equal accumulators.
     """
 
-    def __init__(self, params, lr: float = 0.05, eps: float = 1e-8) -> None:
+    def __init__(
+        self,
+        params,
+        lr: float = 0.05,
+        eps: float = 1e-8,
+        column_shards: Mapping[nn.Parameter, tuple[object, int]] | None = None,
+    ) -> None:
         super().__init__(params, {"lr": lr, "eps": eps})
+        self.column_shards = {id(p): v for p, v in (column_shards or {}).items()}
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - the torch.optim signature
@@ -35,16 +50,24 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 else:
                     values = p.grad
                     rows = torch.arange(p.shape[0], device=p.device)
-                acc.index_add_(0, rows, values.pow(2).mean(1))
+                if id(p) in self.column_shards:
+                    group, row_width = self.column_shards[id(p)]
+                    square = values.pow(2).sum(1)
+                    dist.all_reduce(square, group=group)
+                    acc.index_add_(0, rows, square / row_width)
+                else:
+                    acc.index_add_(0, rows, values.pow(2).mean(1))
                 scale = lr / (acc[rows].sqrt() + eps)
                 p.index_add_(0, rows, -values * scale.unsqueeze(1))
         return None
 
 
-def embedding_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+def embedding_optimizer(
+    params: list[nn.Parameter], cfg: TrainConfig, column_shards: Mapping | None = None
+) -> torch.optim.Optimizer:
     if cfg.embedding_optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.embedding_lr)
-    return RowWiseAdagrad(params, lr=cfg.embedding_lr)
+    return RowWiseAdagrad(params, lr=cfg.embedding_lr, column_shards=column_shards)
 
 
 def dense_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -56,11 +79,12 @@ def dense_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim
 def make_optimizers(model: nn.Module, cfg: TrainConfig) -> list[torch.optim.Optimizer]:
     """The embedding optimizer over `model.embedding_parameters()` and the dense one over
     `model.dense_parameters()` (a MultiTowerModel or a ShardedModel); none for an empty group
-    (a rank may own no table)."""
+    (a rank may own no table). A ShardedModel's column shards share their row statistics."""
     optimizers = []
     emb, dense = model.embedding_parameters(), model.dense_parameters()
     if emb:
-        optimizers.append(embedding_optimizer(emb, cfg))
+        column_shards = model.column_shards() if hasattr(model, "column_shards") else None
+        optimizers.append(embedding_optimizer(emb, cfg, column_shards))
     if dense:
         optimizers.append(dense_optimizer(dense, cfg))
     return optimizers
