@@ -17,11 +17,12 @@ from typing import Any, Literal, get_args, get_type_hints
 import dacite
 
 from dmt.errors import UserError
+from dmt.specs import SHARDING_CHOICES
 
 
 @dataclass
 class SyntheticConfig:
-    """The synthetic click model of DESIGN section 4 (see dmt/data/synthetic.py).
+    """The synthetic click model (dmt/data/synthetic.py: planted interaction groups, Zipf ids).
 
     The three *_scale values are the standard deviations of the teacher logit's parts; the defaults
     give a Bayes-optimal eval AUC of about 0.80 at a positive rate of about 0.29, with logistic
@@ -74,6 +75,9 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # free-form settings for a user's model builder
     embedding_dim: int = 16
     embedding_dims: dict[str, int] = field(default_factory=dict)  # per-table widths, overriding embedding_dim
+    # table -> "table" | "row" | "column" | "row_column" | "table_row" | "auto" (dmt/distributed/shards.py);
+    # "*" for every table not named; default "auto": whole unless a rank would exceed dist.memory_gb
+    table_sharding: dict[str, str] = field(default_factory=dict)
     pooling: Literal["sum", "mean"] = "mean"
     bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = field(default_factory=lambda: [128, 64])
@@ -116,6 +120,9 @@ class DistConfig:
     ranks_per_host: int = 0  # 0: the launcher's LOCAL_WORLD_SIZE
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     timeout_s: float = 120.0  # a collective that waits longer than this fails (a peer is gone)
+    # memory per rank the planner fits the tables into, GB (1e9 bytes); 0: the device's memory (CUDA),
+    # or this machine's memory shared by its ranks (CPU)
+    memory_gb: float = 0.0
 
 
 @dataclass
@@ -250,6 +257,9 @@ def validate(cfg: Config) -> None:
     _positive("model.embedding_dim", m.embedding_dim)
     for table, dim in m.embedding_dims.items():
         _positive(f"model.embedding_dims.{table}", dim)
+    for table, kind in m.table_sharding.items():
+        if kind not in SHARDING_CHOICES:
+            raise UserError(f"model.table_sharding.{table} is {kind!r}; allowed: {', '.join(SHARDING_CHOICES)}")
     if m.compression_ratio < 1:
         raise UserError(f"model.compression_ratio must be >= 1, got {m.compression_ratio}")
     for r in m.tower_compression_ratios:
@@ -295,6 +305,8 @@ def validate(cfg: Config) -> None:
     _validate_files(cfg.data)
     if cfg.dist.ranks_per_host < 0:
         raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")
+    if cfg.dist.memory_gb < 0:
+        raise UserError(f"dist.memory_gb must be >= 0 (0: automatic), got {cfg.dist.memory_gb}")
 
 
 def _validate_files(d: DataConfig) -> None:

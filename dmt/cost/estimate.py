@@ -5,8 +5,11 @@
     sptt_tm  SPTT with the config's Tower Modules and compression ratio
 
 Towers for the SPTT modes: the config's (model.towers, towers_file or num_towers) when there are
-at least as many as hosts, else the feature order cut into one equal chunk per host. Byte counts
-are the mean over ranks (as a run's summary reports them); times follow timing.py.
+at least as many as hosts, else the feature order cut into one equal chunk per host. Tables are
+sharded as model.table_sharding says, "auto" ones fitted to the memory per GPU (dist.memory_gb,
+else the preset's memory_gb; dmt/cost/fit.py): a mode that cannot fit keeps its tables whole and
+says why in "memory_problem". Byte counts are the mean over ranks (as a run's summary reports
+them); times follow timing.py.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dmt.config import Config
-from dmt.cost.memory import RankMemory, memory_summary, rank_memory
+from dmt.cost.fit import GB, MemoryBudget, fit_workload
+from dmt.cost.memory import RUNTIME_BYTES, RankMemory, memory_summary, rank_memory
 from dmt.cost.presets import Cluster
 from dmt.cost.timing import ModeTiming, TimingModel, mode_timing
-from dmt.cost.traffic import ModeTraffic, traffic
+from dmt.cost.traffic import ModeTraffic, make_plan, traffic
 from dmt.cost.workload import (
     ModelShape,
     Workload,
@@ -30,6 +34,7 @@ from dmt.cost.workload import (
     model_shape,
     tower_model_config,
 )
+from dmt.distributed.plan import ShardingPlan, requested_kinds
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
 from dmt.figures import save_figure
@@ -45,10 +50,13 @@ class ModeEstimate:
     traffic: ModeTraffic
     timing: ModeTiming
     memory: list[RankMemory] | None = None
+    memory_problem: str | None = None  # why the plan does not fit the memory per GPU (None: it fits)
 
     def summary(self) -> dict:
         mean = self.traffic.mean()
         out = {
+            "sharding": self.traffic.plan.table_summary(),
+            "fits_memory": self.memory_problem is None,
             "comm_s": self.timing.comm_s,
             "cross_host_bytes": mean["cross_host_bytes"],
             "intra_host_bytes": mean["intra_host_bytes"],
@@ -63,6 +71,8 @@ class ModeEstimate:
         }
         if self.memory is not None:
             out["memory"] = memory_summary(self.memory)
+        if self.memory_problem is not None:
+            out["memory_problem"] = self.memory_problem
         return out
 
 
@@ -109,18 +119,44 @@ class Estimator:
 
     def workload(self, shape: ModelShape) -> Workload:
         t = self.cfg.train
-        return Workload(tuple(self.features), shape, self.cfg.model.embedding_dim, t.batch_size)
+        m = self.cfg.model
+        return Workload(tuple(self.features), shape, m.embedding_dim, t.batch_size, dims=m.embedding_dims or None)
+
+    def budget(self) -> MemoryBudget | None:
+        """Memory per GPU: dist.memory_gb, else the preset's; None when neither is known."""
+        gb = self.cfg.dist.memory_gb or self.cluster.memory_gb
+        if not gb:
+            return None
+        t = self.cfg.train
+        runtime = RUNTIME_BYTES["cpu" if self.cluster.name == "emulated" else "cuda"]
+        return MemoryBudget(gb * GB, t.batch_size, t.embedding_optimizer, t.dense_optimizer, runtime)
+
+    def sharding(self, mode: str, workload: Workload, layout: Layout) -> tuple[ShardingPlan, str | None]:
+        """-> (the plan a run of `mode` would use, why it does not fit or None)."""
+        plan_mode = "flat" if mode == "flat" else "sptt"
+        tables = list(dict.fromkeys(f.table for f in self.features))
+        kinds = requested_kinds(tables, self.cfg.model.table_sharding, plan_mode)
+        whole = {t: "table" if k == "auto" else k for t, k in kinds.items()}
+        budget = self.budget()
+        if budget is None:
+            return make_plan(mode, workload, layout, whole), None
+        try:
+            return fit_workload(workload, layout, plan_mode, kinds, budget)[0], None
+        except UserError as e:
+            return make_plan(mode, workload, layout, whole), str(e)
 
     # ---- estimates --------------------------------------------------------------------------
 
     def run(self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True) -> ModeEstimate:
-        tr = traffic(mode, self.workload(shape), layout)
+        workload = self.workload(shape)
+        sharding, problem = self.sharding(mode, workload, layout)
+        tr = traffic(mode, workload, layout, sharding)
         timing = mode_timing(tr, self.cluster, self.model)
         mem = None
         if memory:
             t = self.cfg.train
             mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer)
-        return ModeEstimate(mode, tr, timing, mem)
+        return ModeEstimate(mode, tr, timing, mem, problem)
 
     def modes(self, layout: Layout, strict: bool = True, memory: bool = True) -> dict[str, ModeEstimate]:
         towers, _ = self.towers_for(layout.hosts, strict)

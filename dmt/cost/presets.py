@@ -1,17 +1,19 @@
-"""Cluster presets (DESIGN section 2): per-GPU bandwidths, one direction, and latencies.
+"""Cluster presets: per-GPU bandwidths, one direction, latencies and memory.
 
-    preset  intra-host fabric (achieved)              NIC per GPU         peak dense bf16
-    v100    NVLink2 cube mesh, 150 line -> 80 GB/s    6.25 GB/s (EDR)     125 TFLOP/s (fp16)
-    a100    NVLink3 300 line -> 235 GB/s              25 GB/s (HDR)       312 TFLOP/s
-    h100    NVLink4 450 line -> 370 GB/s              48 GB/s (NDR, measured 48-49 of 50)   989 TFLOP/s
+    preset  intra-host fabric (achieved)              NIC per GPU         peak dense bf16       memory
+    v100    NVLink2 cube mesh, 150 line -> 80 GB/s    6.25 GB/s (EDR)     125 TFLOP/s (fp16)    32 GB
+    a100    NVLink3 300 line -> 235 GB/s              25 GB/s (HDR)       312 TFLOP/s           80 GB
+    h100    NVLink4 450 line -> 370 GB/s              48 GB/s (NDR, measured 48-49 of 50)   989 TFLOP/s   80 GB
 
-Sources: DESIGN section 2 for the fabrics, NICs and latencies; NVIDIA's V100 / A100 / H100 SXM
-datasheets for the peak tensor-core rates. The V100 achieved rate is ours: DGX-1's cube mesh
-links each GPU directly to 4 of its 7 peers, so an all-to-all sends about 3/7 of its bytes over
-two hops; we take about 55% of the 150 GB/s line rate.
+Sources: the NVLink generations' and InfiniBand EDR / HDR / NDR line rates for the fabrics and
+NICs (achieved rates as in the table); NVIDIA's V100 / A100 / H100 SXM datasheets for the peak
+tensor-core rates and the memory (V100 SXM2 32 GB, A100 and H100 SXM 80 GB, taken as 1e9-byte
+GB). The V100 achieved rate is ours: DGX-1's cube mesh links each GPU directly to 4 of its 7
+peers, so an all-to-all sends about 3/7 of its bytes over two hops; we take about 55% of the
+150 GB/s line rate.
 
-Latencies (DESIGN section 2): NCCL send/recv about 4 us inside a node; small multi-node
-collectives about 25 us. timing.py charges them once per all-to-all call on that tier.
+Latencies: NCCL send/recv about 4 us inside a node; small multi-node collectives about 25 us.
+timing.py charges them once per all-to-all call on that tier.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Cluster:
     # bytes a cross-host link lets through at once after a pause: a token bucket's depth (the
     # emulator's tbf burst); 0 for a real wire, which is never faster than its rate
     burst_bytes: float = 0.0
+    memory_gb: float | None = None  # memory per GPU the planner fits tables into; None: no limit known
 
     def __post_init__(self) -> None:
         for key in ("intra_gbps", "nic_gbps"):
@@ -55,12 +58,14 @@ class Cluster:
             raise UserError(f"cluster wire_efficiency must be in (0, 1], got {self.wire_efficiency}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise UserError(f"cluster peak_tflops must be > 0 or unset, got {self.peak_tflops}")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise UserError(f"cluster memory_gb must be > 0 or unset, got {self.memory_gb}")
 
 
 PRESETS: dict[str, Cluster] = {
-    "v100": Cluster("v100", intra_gbps=80.0, nic_gbps=6.25, peak_tflops=125.0),
-    "a100": Cluster("a100", intra_gbps=235.0, nic_gbps=25.0, peak_tflops=312.0),
-    "h100": Cluster("h100", intra_gbps=370.0, nic_gbps=48.0, peak_tflops=989.0),
+    "v100": Cluster("v100", intra_gbps=80.0, nic_gbps=6.25, peak_tflops=125.0, memory_gb=32.0),
+    "a100": Cluster("a100", intra_gbps=235.0, nic_gbps=25.0, peak_tflops=312.0, memory_gb=80.0),
+    "h100": Cluster("h100", intra_gbps=370.0, nic_gbps=48.0, peak_tflops=989.0, memory_gb=80.0),
 }
 
 
@@ -97,13 +102,14 @@ def cluster(preset: str, **overrides: float | str | None) -> Cluster:
 
 
 def parse_overrides(items: list[str]) -> dict[str, float | None]:
-    """`KEY=VALUE` strings (CLI --cluster) -> overrides for `cluster`; `peak_tflops=none` unsets it."""
+    """`KEY=VALUE` strings (CLI --cluster) -> overrides for `cluster`; `peak_tflops=none` and
+    `memory_gb=none` unset them."""
     out: dict[str, float | None] = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"--cluster expects key=value, got '{item}'")
         key, text = (s.strip() for s in item.split("=", 1))
-        if key == "peak_tflops" and text.lower() == "none":
+        if key in ("peak_tflops", "memory_gb") and text.lower() == "none":
             out[key] = None
             continue
         try:

@@ -18,12 +18,20 @@ One exchange over a group (dmt/distributed/ids.py), B_s = samples each member se
 id_bytes = 4 when every table has < 2^31 rows, else 8. Ids per sample and feature = pooling
 factor: exact when lengths are deterministic, the expectation otherwise.
 
-Flat (group "global", all W ranks, B_s = B):  p = "ids", q = "pooled", w_j = n_j * d.
+What a member serves are exchange units (dmt/distributed/shards.py): a feature of a whole
+table, or one shard of a cut table. n_j counts member j's units; a unit's ids per sample are its
+feature's pooling factor, times the share of the table's rows in a row shard (exact for ids
+spread evenly over the rows, the expectation otherwise); w_j sums its units' widths (a feature's
+d_f, a shard's columns).
+
+Flat (group "global", all W ranks, B_s = B):  p = "ids", q = "pooled".
 SPTT, rank (h, l), R = H * B samples per rail:
     (1) "peer" (H ranks with local index l), p = "peer_ids", B_s = B, served: host g's features
     (2) "intra" (the L ranks of host h), p = "intra_ids", B_s = R
-    (4) "intra", q = "intra_pooled", B_s = R, w_j = n_j * d
+    (4) "intra", q = "intra_pooled", B_s = R
     (6) "peer", q = "peer_pooled", B_s = B, w_g = sum of host g's Tower Module output widths
+Flat "table_row" tables take (1), (2), (4) and (6) too, host g serving the features of the tables
+it holds and returning their widths in (6).
 
 Dense gradient all-reduce (dmt/distributed/gradsync.py, one bucket per group), payload 4 bytes per
 parameter: flat: head + every Tower Module over the world; SPTT: head over the world, host h's
@@ -32,6 +40,7 @@ Tower Modules over its L ranks; a group of one rank adds nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -245,27 +254,73 @@ def _exchange(
 # ---- the two dataflows ---------------------------------------------------------------------------
 
 
-def _served(plan: ShardingPlan, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
-    """Per global rank: features served and their summed pooling factors."""
-    pf = {f.name: f.pooling_factor for f in workload.features}
-    n = np.zeros(plan.layout.world)
-    p = np.zeros(plan.layout.world)
-    for f, table in plan.feature_table.items():
-        r = plan.table_owner[table]
-        n[r] += 1
-        p[r] += pf[f]
-    return n, p
+def _served(plan: ShardingPlan, workload: Workload, features: list[str]) -> tuple[np.ndarray, ...]:
+    """Per global rank, over the exchange units of `features` it serves: how many, the ids per
+    sample they get (a row shard: its share of the rows times the pooling factor, ids taken as
+    spread evenly over the rows) and the floats per sample they return (a shard: its columns)."""
+    specs = {f.name: f for f in workload.features}
+    n, p, width = (np.zeros(plan.layout.world) for _ in range(3))
+    for f in features:
+        spec, table = specs[f], plan.feature_table[f]
+        if table in plan.shards:
+            for s in plan.shards[table]:
+                n[s.rank] += 1
+                p[s.rank] += spec.pooling_factor * s.num_rows / spec.num_embeddings
+                width[s.rank] += s.width
+        else:
+            r = plan.table_owner[table]
+            n[r] += 1
+            p[r] += spec.pooling_factor
+            width[r] += workload.width(spec)
+    return n, p, width
 
 
 def _id_bytes(plan: ShardingPlan) -> int:
     return 4 if plan.max_rows < 2**31 else 8
 
 
+def _two_hops(
+    plan: ShardingPlan, w: Workload, host_features: list[list[str]], host_width: np.ndarray
+) -> list[list[PhaseTraffic]]:
+    """SPTT steps (1), (2) and (4), (6) (and flat's "table_row" path): host g serves
+    host_features[g] and returns host_width[g] floats per sample across hosts. -> per rank."""
+    layout, b, id_bytes = plan.layout, w.batch_size, _id_bytes(plan)
+    pf = {f.name: f.pooling_factor for f in w.features}
+    host_n = np.array([float(len(fs)) for fs in host_features])
+    host_p = np.array([sum(pf[f] for f in fs) for fs in host_features])
+    rail = np.where(host_n > 0, float(layout.hosts * b), 0.0)  # samples a host's ranks hold after step (1)
+    n, p, width = _served(plan, w, [f for fs in host_features for f in fs])
+    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
+    peer_ids: dict[int, list[PhaseTraffic]] = {}
+    peer_rows: dict[int, list[PhaseTraffic]] = {}
+    for local in range(layout.ranks_per_host):
+        g = _group("peer", layout.peer_ranks(local), layout)
+        ids_and_rows = _exchange(g, "peer_ids", "peer_pooled", b, host_n, host_p, host_width, id_bytes, w.weighted)
+        for m, ph in zip(g.members, ids_and_rows, strict=True):
+            peer_ids[m], peer_rows[m] = ph[:2], ph[2:]  # counts, ids | rows, grad
+    for h in range(layout.hosts):
+        members = layout.host_ranks(h)
+        g = _group("intra", members, layout)
+        ex = _exchange(
+            g, "intra_ids", "intra_pooled", rail[h], n[members], p[members], width[members], id_bytes, w.weighted
+        )
+        for m, ph in zip(members, ex, strict=True):
+            phases[m] = [*peer_ids[m], *ph, *peer_rows[m]]  # forward order: (1), (2) and (4), (6)
+    return phases
+
+
 def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     layout, w = plan.layout, workload
-    n, p = _served(plan, w)
+    two_hop = plan.host_path_features([f.name for f in w.features])
+    features = [f.name for f in w.features if f.name not in two_hop]
+    n, p, width = _served(plan, w, features)
     world = _group("global", list(range(layout.world)), layout)
-    phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, n * w.dim, _id_bytes(plan), w.weighted)
+    phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, width, _id_bytes(plan), w.weighted)
+    if two_hop:
+        widths = w.widths
+        on_host = [[f for f in two_hop if plan.table_host(plan.feature_table[f]) == g] for g in range(layout.hosts)]
+        host_width = np.array([float(sum(widths[f] for f in fs)) for fs in on_host])
+        phases = [a + b for a, b in zip(phases, _two_hops(plan, w, on_host, host_width), strict=True)]
     allreduce: tuple[AllReduce, ...] = ()
     if layout.world > 1:  # the head beside the backward (group "dense"), then the Tower Modules
         parts = (("dense", w.shape.head_params), ("global", sum(w.shape.tower_params)))
@@ -274,35 +329,16 @@ def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
 
 
 def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
-    layout, w, b = plan.layout, workload, workload.batch_size
+    layout, w = plan.layout, workload
     hosts, per_host = layout.hosts, layout.ranks_per_host
-    n, p = _served(plan, w)
-    id_bytes = _id_bytes(plan)
-    # per host g: features of its towers, their pooling, its Tower Modules' output width and params
-    pf = {f.name: f.pooling_factor for f in w.features}
-    host_n, host_p, host_w, host_params = (np.zeros(hosts) for _ in range(4))
+    # per host g: features of its towers, its Tower Modules' output width and params
+    host_features: list[list[str]] = [[] for _ in range(hosts)]
+    host_w, host_params = np.zeros(hosts), np.zeros(hosts)
     for t, g in enumerate(plan.tower_host):
-        host_n[g] += len(w.shape.towers[t])
-        host_p[g] += sum(pf[f] for f in w.shape.towers[t])
+        host_features[g] += list(w.shape.towers[t])
         host_w[g] += w.shape.tower_widths[t]
         host_params[g] += w.shape.tower_params[t]
-    rail = np.where(host_n > 0, float(hosts * b), 0.0)  # samples a host's ranks hold after step (1)
-
-    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
-    peer_ids: dict[int, list[PhaseTraffic]] = {}
-    peer_rows: dict[int, list[PhaseTraffic]] = {}
-    for local in range(per_host):
-        g = _group("peer", layout.peer_ranks(local), layout)
-        ids_and_rows = _exchange(g, "peer_ids", "peer_pooled", b, host_n, host_p, host_w, id_bytes, w.weighted)
-        for m, ph in zip(g.members, ids_and_rows, strict=True):
-            peer_ids[m], peer_rows[m] = ph[:2], ph[2:]  # counts, ids | rows, grad
-    for h in range(hosts):
-        members = layout.host_ranks(h)
-        g = _group("intra", members, layout)
-        served, pooling, width = n[members], p[members], n[members] * w.dim
-        ex = _exchange(g, "intra_ids", "intra_pooled", rail[h], served, pooling, width, id_bytes, w.weighted)
-        for m, ph in zip(members, ex, strict=True):
-            phases[m] = [*peer_ids[m], *ph, *peer_rows[m]]  # forward order: (1), (2) and (4), (6)
+    phases = _two_hops(plan, w, host_features, host_w)
 
     out = []
     for r in range(layout.world):
@@ -316,14 +352,15 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     return out
 
 
-def make_plan(mode: str, workload: Workload, layout: Layout) -> ShardingPlan:
-    """The placement a run would use: `plan_flat` for "flat", `plan_sptt` for the SPTT modes."""
+def make_plan(mode: str, workload: Workload, layout: Layout, kinds: Mapping[str, str] | None = None) -> ShardingPlan:
+    """The placement a run would use: `plan_flat` for "flat", `plan_sptt` for the SPTT modes;
+    kinds: table -> sharding kind (default: every table whole)."""
     features = list(workload.features)
-    widths = {f.name: workload.dim for f in features}
+    widths = workload.widths
     if mode == "flat":
-        return plan_flat(features, widths, layout)
+        return plan_flat(features, widths, layout, kinds)
     return plan_sptt(
-        features, [list(t) for t in workload.shape.towers], widths, layout, list(workload.shape.tower_widths)
+        features, [list(t) for t in workload.shape.towers], widths, layout, list(workload.shape.tower_widths), kinds
     )
 
 

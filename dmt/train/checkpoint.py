@@ -7,7 +7,15 @@ Both hold the same flat mapping, so a sharded checkpoint exports to a one-device
     "step"                             tensor
 
 `save` and `resume` pick the form from the topology: a world of one writes DIR/model.pt; a
-sharded run writes DIR/checkpoint and, at the end, exports the merged DIR/model.pt.
+sharded run writes DIR/checkpoint and, at the end, exports the one-device DIR/model.pt.
+
+A table held in shards is saved, in both forms, under its one-device name: in DCP each rank's
+shard is a chunk of the whole tensor at its offsets (`TensorBlock`), so DCP can load any other
+cut of it: resuming on another topology or sharding reads each rank's new block from whatever
+chunks overlap it. The export writes the one-device file without gathering anything: rank 0
+writes its skeleton (every tensor's shape, no bytes), then every rank writes the bytes of what it
+holds at their places in the file (`export`), so no rank holds more than its own part and no
+rank waits longer than the slowest rank's own write.
 
 Nothing is ever half-written: a file is written under a temporary name and renamed into place;
 a DCP directory is written beside the live one and swapped in after every rank has finished.
@@ -24,12 +32,62 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
+from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex, TensorProperties
+from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, WriteItemType
 
 from dmt.config import Config, config_from_dict, to_dict
 from dmt.errors import UserError
 
 FILE = "model.pt"
 SHARDS = "checkpoint"
+EXPORT_ROWS = 1 << 16  # rows per read-modify-write of a column block during the export
+
+Blocks = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # parameter name -> (offsets, one-device shape)
+
+
+class TensorBlock(torch.Tensor):
+    """A block of a bigger tensor as DCP sees it: the shape is the whole tensor's, the data
+    (`local`, at `offsets`) only the block's. It computes nothing; DCP saves and loads it as one
+    chunk (its `__create_write_items__` / `__create_chunk_list__` / `__get_tensor_shard__`)."""
+
+    @staticmethod
+    def __new__(cls, local: Tensor, offsets: tuple[int, ...], shape: tuple[int, ...]):
+        block = torch.Tensor._make_wrapper_subclass(cls, shape, dtype=local.dtype, device=local.device)
+        block.local, block.offsets = local, torch.Size(offsets)
+        return block
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
+        raise TypeError(f"a TensorBlock only carries a block to torch.distributed.checkpoint, it cannot run {func}")
+
+    def __create_write_items__(self, fqn: str, obj: object) -> list[WriteItem]:
+        chunk = ChunkStorageMetadata(self.offsets, self.local.shape)
+        properties = TensorProperties.create_from_tensor(self.local)
+        data = TensorWriteData(chunk=chunk, properties=properties, size=self.shape)
+        return [WriteItem(index=MetadataIndex(fqn, self.offsets), type=WriteItemType.SHARD, tensor_data=data)]
+
+    def __create_chunk_list__(self) -> list[ChunkStorageMetadata]:
+        return [ChunkStorageMetadata(self.offsets, self.local.shape)]
+
+    def __get_tensor_shard__(self, index: MetadataIndex) -> Tensor:
+        return self.local
+
+
+def _local(value: Tensor) -> Tensor:
+    return value.local if isinstance(value, TensorBlock) else value
+
+
+def _as_block(value: Tensor, where: tuple[tuple[int, ...], tuple[int, ...]] | None, param: Tensor) -> Tensor:
+    """A parameter's tensor (or its optimizer state) as the block of the one-device tensor it is:
+    the parameter's shape -> its block; one value per row -> that block of rows; else as it is."""
+    if where is None:
+        return value
+    offsets, shape = where
+    if value.shape == param.shape:
+        return TensorBlock(value, offsets, shape)
+    if value.dim() == 1 and value.shape[0] == param.shape[0]:
+        return TensorBlock(value, offsets[:1], shape[:1])
+    return value
 
 
 def flat_state(
@@ -37,13 +95,20 @@ def flat_state(
     model_state: dict[str, Tensor],
     optimizers: list[torch.optim.Optimizer],
     step: int,
+    blocks: Blocks | None = None,
 ) -> dict[str, Tensor]:
+    """blocks: the parameters held as shards (ShardedModel.blocks()); they and their optimizer
+    state become TensorBlocks of the one-device tensors."""
+    blocks = blocks or {}
+    params = dict(named_params)
     name_of = {id(p): n for n, p in named_params}
-    out = {f"model/{n}": t for n, t in model_state.items()}
+    out = {f"model/{n}": _as_block(t, blocks.get(n), params[n]) if n in params else t for n, t in model_state.items()}
     for opt in optimizers:
         for p, state in opt.state.items():
+            name = name_of[id(p)]
             for key, value in state.items():
-                out[f"optim/{name_of[id(p)]}/{key}"] = value if isinstance(value, Tensor) else torch.tensor(value)
+                value = value if isinstance(value, Tensor) else torch.tensor(value)
+                out[f"optim/{name}/{key}"] = _as_block(value, blocks.get(name), p)
     out["step"] = torch.tensor(step)
     return out
 
@@ -66,7 +131,7 @@ def restore(
     if set(weights) != held:
         missing, unexpected = sorted(held - set(weights)), sorted(set(weights) - held)
         raise UserError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.load_state_dict(weights, strict=False)
+    model.load_state_dict({k: _local(v) for k, v in weights.items()}, strict=False)
     name_of = {id(p): n for n, p in named_params}
     for opt in optimizers:
         for group in opt.param_groups:
@@ -75,7 +140,7 @@ def restore(
                 prefix = f"optim/{name}/"
                 entries = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
                 if entries:
-                    opt.state[p] = {k: v.clone() for k, v in entries.items()}
+                    opt.state[p] = {k: _local(v).clone() for k, v in entries.items()}
     return int(state["step"])
 
 
@@ -138,8 +203,16 @@ def sharded_location(directory: Path) -> Path | None:
     return None
 
 
-def load_sharded(location: Path, wanted: list[str] | None = None, prefixes: tuple[str, ...] = ()) -> dict[str, Tensor]:
-    """Collective load of the keys this rank needs: `wanted` exactly, plus all keys under `prefixes`."""
+def load_sharded(
+    location: Path,
+    wanted: list[str] | None = None,
+    prefixes: tuple[str, ...] = (),
+    blocks: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] | None = None,
+) -> dict[str, Tensor]:
+    """Collective load of the keys this rank needs: `wanted` exactly, plus all keys under `prefixes`.
+    blocks: key prefix ("model/<name>" or "optim/<name>/") -> (offsets, one-device shape, held
+    shape) of a parameter held as a shard: its keys load as that block (from any cut they were
+    saved in), its per-row optimizer state as those rows."""
     meta = dcp.FileSystemReader(str(location)).read_metadata().state_dict_metadata
     keys = set(wanted or [])
     if prefixes:
@@ -149,34 +222,109 @@ def load_sharded(location: Path, wanted: list[str] | None = None, prefixes: tupl
         if k not in meta:
             raise UserError(f"sharded checkpoint {location} lacks {k}")
         m = meta[k]
-        template[k] = torch.empty(tuple(m.size), dtype=m.properties.dtype)
+        size = tuple(getattr(m, "size", ()))
+        where = next((b for prefix, b in (blocks or {}).items() if k == prefix or k.startswith(prefix + "/")), None)
+        if where is not None and size == where[1]:
+            template[k] = TensorBlock(torch.empty(where[2], dtype=m.properties.dtype), where[0], size)
+        elif where is not None and len(size) == 1 and size[0] == where[1][0]:
+            template[k] = TensorBlock(torch.empty(where[2][:1], dtype=m.properties.dtype), where[0][:1], size)
+        else:
+            template[k] = torch.empty(size, dtype=m.properties.dtype)
     dcp.load(template, checkpoint_id=str(location))
     return template
 
 
-def export_sharded(location: Path, out_dir: Path) -> Path:
-    """Merge a DCP checkpoint into the one-device DIR/model.pt (run on one rank)."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+def export(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out_dir: Path, step: int) -> Path:
+    """Collective: write the one-device DIR/model.pt from what every rank holds (module docstring).
 
-    cfg = config_from_dict(json.loads((location / "config.json").read_text()))
-    tmp = out_dir / f".merged-{os.getpid()}.pt"
-    dcp_to_torch_save(str(location), str(tmp))
-    state = torch.load(tmp, map_location="cpu", weights_only=True)
-    tmp.unlink()
-    return save_file(out_dir, cfg, state)
+    A chunk (one tensor's block on one rank) is written by the lowest rank that holds it (dense
+    parts are replicated); a block of some columns of a table is written row block by row block
+    (read, patch its columns, write), its column ranges in turns, so that no two ranks ever write
+    the same bytes at once."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    module = model.module
+    state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step, model.blocks())
+    chunks = {k: (tuple(_chunk_offsets(v)), tuple(v.shape), v.dtype) for k, v in state.items()}
+    everyone = topo.all_gather_object(chunks)
+    writer: dict[tuple[str, tuple[int, ...]], int] = {}
+    starts: dict[str, set[int]] = {}
+    for rank, held in enumerate(everyone):
+        for key, (offsets, _, _) in held.items():
+            writer.setdefault((key, offsets), rank)
+            starts.setdefault(key, set()).add(offsets[1] if len(offsets) > 1 else 0)
+    tmp = out_dir / f".{FILE}.export"
+    if topo.rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        shapes = {k: (shape, dtype) for held in everyone for k, (_, shape, dtype) in held.items()}
+        with FakeTensorMode():
+            skeleton = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in sorted(shapes.items())}
+        with torch.serialization.skip_data(materialize_fake_tensors=True):
+            torch.save({"config": to_dict(cfg), "state": skeleton}, tmp)
+    topo.barrier()
+    placed = torch.load(tmp, map_location="meta", weights_only=True)["state"]
+    mine = [(k, v) for k, v in state.items() if writer[(k, tuple(_chunk_offsets(v)))] == topo.rank]
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        for turn in range(max((len(c) for c in starts.values()), default=1)):
+            for key, value in mine:
+                offsets = _chunk_offsets(value)
+                if sorted(starts[key]).index(offsets[1] if len(offsets) > 1 else 0) == turn:
+                    _write_block(fd, placed[key], _local(value), offsets)
+            os.fsync(fd)
+            topo.barrier()
+    finally:
+        os.close(fd)
+    path = out_dir / FILE
+    if topo.rank == 0:
+        os.replace(tmp, path)
+    topo.barrier()
+    return path
+
+
+def _chunk_offsets(value: Tensor) -> list[int]:
+    return list(value.offsets) if isinstance(value, TensorBlock) else [0] * value.dim()
+
+
+def _write_block(fd: int, whole: Tensor, block: Tensor, offsets: list[int]) -> None:
+    """Write `block` (at `offsets` of the one-device tensor `whole`, a meta tensor that knows where
+    its bytes start in the file) into the file."""
+    base = whole.untyped_storage()._checkpoint_offset
+    item = block.element_size()
+    data = block.detach().contiguous().cpu()
+    if block.dim() < 2 or tuple(block.shape[1:]) == tuple(whole.shape[1:]):  # whole rows: one span
+        row = item * (int(torch.Size(whole.shape[1:]).numel()) if whole.dim() > 1 else 1)
+        _pwrite_all(fd, data.view(torch.uint8).numpy(), base + (offsets[0] if offsets else 0) * row)
+        return
+    width, (r0, c0) = whole.shape[1], offsets[:2]
+    for start in range(0, block.shape[0], EXPORT_ROWS):
+        rows = data[start : start + EXPORT_ROWS]
+        at = base + (r0 + start) * width * item
+        span = bytearray(os.pread(fd, rows.shape[0] * width * item, at))
+        full = torch.frombuffer(span, dtype=block.dtype).view(rows.shape[0], width)
+        full[:, c0 : c0 + block.shape[1]] = rows
+        _pwrite_all(fd, full.view(torch.uint8).numpy(), at)
+
+
+def _pwrite_all(fd: int, data, at: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, at)
+        view, at = view[n:], at + n
 
 
 def save(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out: Path, step: int, final: bool = False):
     """Collective. model: a ShardedModel; its `module` holds this rank's part under one-device names.
     final: also export a sharded run to the one-device DIR/model.pt."""
     module = model.module
-    state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step)
+    blocks = model.blocks() if hasattr(model, "blocks") else {}
+    state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step, blocks)
     if not topo.distributed:
         save_file(out, cfg, state)
         return
     save_sharded(out, cfg, state)
-    if final and topo.rank == 0:
-        export_sharded(out / SHARDS, out)
+    if final:
+        export(model, optimizers, topo, cfg, out, step)
 
 
 def resume(model, optimizers: list[torch.optim.Optimizer], topo, out: Path) -> int:
@@ -194,5 +342,10 @@ def resume(model, optimizers: list[torch.optim.Optimizer], topo, out: Path) -> i
     if location is None:
         return 0
     wanted = [f"model/{n}" for n in sorted(held)] + ["step"]
-    state = load_sharded(location, wanted, prefixes=tuple(f"optim/{n}/" for n, _ in named))
+    params = dict(named)
+    blocks = {}
+    for name, (offsets, shape) in model.blocks().items():
+        local = tuple(params[name].shape)
+        blocks[f"model/{name}"] = blocks[f"optim/{name}"] = (offsets, shape, local)
+    state = load_sharded(location, wanted, prefixes=tuple(f"optim/{n}/" for n, _ in named), blocks=blocks)
     return restore(state, module, held, named, optimizers)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dmt.config import Config
+from dmt.cost.fit import rank_plan
 from dmt.data import make_source
 from dmt.data.base import DataSource
 from dmt.distributed.sharded import ShardedModel, shard
@@ -33,6 +34,7 @@ from dmt.train import checkpoint as ckpt
 from dmt.train.evaluate import evaluate
 from dmt.train.observe import RunLog
 from dmt.train.optim import make_optimizers
+from dmt.train.resources import peak_rss_bytes
 from dmt.train.summary import StepRecorder, summarize
 
 
@@ -79,7 +81,8 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     torch.manual_seed(cfg.train.seed)
     with deferred_tables():
         model = build_model(cfg.model, source.features, source.num_dense)
-    sharded = shard(model, topo, cfg.dist.mode).to(cfg.train.device)
+    sharding = rank_plan(cfg, model, topo)  # model.table_sharding fitted to dist.memory_gb
+    sharded = shard(model, topo, cfg.dist.mode, sharding=sharding).to(cfg.train.device)
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
 
@@ -103,11 +106,13 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = build(cfg, topo)
+    startup_rss = peak_rss_bytes()  # model built: this rank's tables and shards, nothing trained yet
     start = ckpt.resume(t.model, t.optimizers, t.topo, out) if resume else 0
     steps, bs, device = cfg.train.steps, cfg.train.batch_size, cfg.train.device
     stream = t.source.train_batches(bs, t.rank, t.world, start_step=start)
     runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
     recorder = StepRecorder(t, global_batch=bs * t.world)
+    recorder.startup_rss = startup_rss
     bar = tqdm(
         range(start, steps),
         desc=f"train {t.model.module.name} ({t.mode})",
