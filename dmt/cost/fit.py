@@ -105,8 +105,8 @@ def refusal(sharding: ShardingPlan, worst: RankMemory, budget: MemoryBudget, dim
         for t, s in sharding.shards_on(worst.rank).items()
     ]
     return (
-        f"the {sharding.mode} plan does not fit: rank {worst.rank} would hold {worst.total_bytes / GB:.2f} GB "
-        f"> dist.memory_gb={budget.bytes_per_rank / GB:.2f} ({worst.describe()}; tables: {', '.join(held) or 'none'}); "
+        f"the {sharding.mode} plan does not fit: rank {worst.rank} would hold {worst.total_bytes / GB:.3f} GB "
+        f"> dist.memory_gb={budget.bytes_per_rank / GB:.3f} ({worst.describe()}; tables: {', '.join(held) or 'none'}); "
         "let model.table_sharding say 'auto' or 'row' for the big tables, or use more ranks"
     )
 

@@ -69,9 +69,9 @@ class RankMemory:
         }
 
     def describe(self) -> str:
-        """What the rank would hold, in GB, largest part first."""
+        """What the rank would hold, in MB (1e6 bytes), largest part first."""
         parts = {k.removesuffix("_bytes").replace("_", " "): v for k, v in self.as_dict().items() if k != "total_bytes"}
-        return ", ".join(f"{k} {v / 1e9:.2f}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v > 0)
+        return ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]) if v > 0)
 
 
 def rank_memory(

@@ -291,10 +291,10 @@ def _write_block(fd: int, whole: Tensor, block: Tensor, offsets: list[int]) -> N
     its bytes start in the file) into the file."""
     base = whole.untyped_storage()._checkpoint_offset
     item = block.element_size()
-    data = block.detach().contiguous().cpu()
+    data = block.detach().cpu().contiguous()
     if block.dim() < 2 or tuple(block.shape[1:]) == tuple(whole.shape[1:]):  # whole rows: one span
         row = item * (int(torch.Size(whole.shape[1:]).numel()) if whole.dim() > 1 else 1)
-        _pwrite_all(fd, data.view(torch.uint8).numpy(), base + (offsets[0] if offsets else 0) * row)
+        _pwrite_all(fd, data.reshape(-1).view(torch.uint8).numpy(), base + (offsets[0] if offsets else 0) * row)
         return
     width, (r0, c0) = whole.shape[1], offsets[:2]
     for start in range(0, block.shape[0], EXPORT_ROWS):
