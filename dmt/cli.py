@@ -1,4 +1,4 @@
-"""The `dmt` command line (DESIGN section 6).
+"""The `dmt` command line (its contract: docs/design.md, section 5).
 
 Every measuring command takes --out PATH and writes JSON there; progress and tables go to the
 terminal. A user mistake prints one line `dmt: error: ...` and exits with code 2.

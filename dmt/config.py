@@ -22,7 +22,7 @@ from dmt.specs import SHARDING_CHOICES
 
 @dataclass
 class SyntheticConfig:
-    """The synthetic click model (dmt/data/synthetic.py: planted interaction groups, Zipf ids).
+    """The synthetic click model (dmt/data/synthetic.py; docs/design.md, section 4).
 
     The three *_scale values are the standard deviations of the teacher logit's parts; the defaults
     give a Bayes-optimal eval AUC of about 0.80 at a positive rate of about 0.29, with logistic
@@ -112,6 +112,10 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True  # scalars under DIR/tensorboard (rank 0)
     device: str = "cpu"
+    # dense parts (Tower Modules, head) in bfloat16 under autocast, TF32 for float32 matmuls on
+    # Ampere and newer; tables, exchanges and the loss stay float32
+    precision: Literal["fp32", "bf16"] = "fp32"
+    profile: bool = False  # wait for the device around timed phases and collectives (exact times, no overlap)
 
 
 @dataclass

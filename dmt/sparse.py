@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dmt.guard import allowed_sync
+
 
 @dataclass
 class KeyedJagged:
@@ -25,6 +27,9 @@ class KeyedJagged:
     values: Tensor  # int64 [N]
     lengths: Tensor  # int64 [F * B]
     weights: Tensor | None = None  # float32 [N]
+    # ids of each feature, where the host knows them (a batch from the host, or cut from parts of
+    # known size); else computed once on first use, which waits for the device
+    id_counts: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.lengths.numel() % max(len(self.keys), 1) != 0:
@@ -40,7 +45,10 @@ class KeyedJagged:
 
     def ids_per_key(self) -> list[int]:
         """Number of ids of each feature in this batch."""
-        return self.lengths_per_key().sum(1).tolist()
+        if self.id_counts is None:
+            with allowed_sync("torch.split cuts the ids by feature with sizes on the host"):
+                self.id_counts = self.lengths_per_key().sum(1).tolist()
+        return self.id_counts
 
     def per_key(self) -> dict[str, tuple[Tensor, Tensor, Tensor | None]]:
         """feature -> (values [n_f], lengths [B], weights [n_f] or None)."""
@@ -56,31 +64,35 @@ class KeyedJagged:
         missing = [k for k in keys if k not in parts]
         if missing:
             raise KeyError(f"features {missing} not in batch (have {self.keys})")
-        return KeyedJagged.concat_keys([parts[k] for k in keys], keys, self.batch_size)
+        return KeyedJagged.concat_keys([parts[k] for k in keys], keys, self.batch_size, self.values.device)
 
     @staticmethod
-    def concat_keys(parts: list[tuple[Tensor, Tensor, Tensor | None]], keys: list[str], batch_size: int) -> KeyedJagged:
+    def concat_keys(
+        parts: list[tuple[Tensor, Tensor, Tensor | None]], keys: list[str], batch_size: int, device=None
+    ) -> KeyedJagged:
+        """Features side by side from (values, lengths, weights) parts; `device` places the
+        empty batch when there are no parts (a rank that serves nothing)."""
         if not parts:
-            return KeyedJagged(
-                keys=[], values=torch.empty(0, dtype=torch.long), lengths=torch.empty(0, dtype=torch.long)
-            )
+            empty = torch.empty(0, dtype=torch.long, device=device)
+            return KeyedJagged(keys=[], values=empty, lengths=empty, id_counts=[])
         values = torch.cat([p[0] for p in parts])
         lengths = torch.cat([p[1] for p in parts])
         has_w = [p[2] is not None for p in parts]
         weights = torch.cat([p[2] for p in parts]) if all(has_w) else None
         if any(has_w) and not all(has_w):
             raise ValueError("either every feature carries weights or none does")
-        return KeyedJagged(keys=list(keys), values=values, lengths=lengths, weights=weights)
+        return KeyedJagged(list(keys), values, lengths, weights, id_counts=[p[0].numel() for p in parts])
 
     def slice_samples(self, start: int, stop: int) -> KeyedJagged:
         """Samples [start, stop) of every feature."""
         parts = []
         for v, ln, w in self.per_key().values():
-            offsets = torch.zeros(ln.numel() + 1, dtype=torch.long)
+            offsets = torch.zeros(ln.numel() + 1, dtype=torch.long, device=ln.device)
             torch.cumsum(ln, 0, out=offsets[1:])
-            a, b = int(offsets[start]), int(offsets[stop])
+            with allowed_sync("the id range of the samples, to slice the values"):
+                a, b = int(offsets[start]), int(offsets[stop])
             parts.append((v[a:b], ln[start:stop], None if w is None else w[a:b]))
-        return KeyedJagged.concat_keys(parts, self.keys, stop - start)
+        return KeyedJagged.concat_keys(parts, self.keys, stop - start, self.values.device)
 
     @staticmethod
     def concat_samples(batches: list[KeyedJagged]) -> KeyedJagged:
@@ -98,14 +110,30 @@ class KeyedJagged:
                     torch.cat(w) if all(x is not None for x in w) else None,
                 )
             )
-        return KeyedJagged.concat_keys(parts, keys, sum(b.batch_size for b in batches))
+        return KeyedJagged.concat_keys(parts, keys, sum(b.batch_size for b in batches), batches[0].values.device)
 
-    def to(self, device: torch.device | str) -> KeyedJagged:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> KeyedJagged:
+        """A copy on `device`. Leaving the host, the batch takes its per-feature id counts along
+        (counted on the host, so that nothing on the device has to be read back for them)."""
+        counts = self.id_counts
+        if counts is None and self.lengths.device.type == "cpu":
+            with allowed_sync("counts of a host batch, before it moves"):
+                counts = self.ids_per_key()
         return KeyedJagged(
             keys=self.keys,
-            values=self.values.to(device),
-            lengths=self.lengths.to(device),
-            weights=None if self.weights is None else self.weights.to(device),
+            values=self.values.to(device, non_blocking=non_blocking),
+            lengths=self.lengths.to(device, non_blocking=non_blocking),
+            weights=None if self.weights is None else self.weights.to(device, non_blocking=non_blocking),
+            id_counts=counts,
+        )
+
+    def pin_memory(self) -> KeyedJagged:
+        return KeyedJagged(
+            self.keys,
+            self.values.pin_memory(),
+            self.lengths.pin_memory(),
+            None if self.weights is None else self.weights.pin_memory(),
+            self.id_counts,
         )
 
 
@@ -152,10 +180,20 @@ class Batch:
             probs=torch.cat(probs) if all(p is not None for p in probs) else None,
         )
 
-    def to(self, device: torch.device | str) -> Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy on `device`; non_blocking from pinned memory overlaps the copy with compute."""
         return Batch(
-            dense=self.dense.to(device),
-            sparse=self.sparse.to(device),
-            labels=self.labels.to(device),
-            probs=None if self.probs is None else self.probs.to(device),
+            dense=self.dense.to(device, non_blocking=non_blocking),
+            sparse=self.sparse.to(device, non_blocking=non_blocking),
+            labels=self.labels.to(device, non_blocking=non_blocking),
+            probs=None if self.probs is None else self.probs.to(device, non_blocking=non_blocking),
+        )
+
+    def pin_memory(self) -> Batch:
+        """The same batch in page-locked host memory (for non_blocking copies to a GPU)."""
+        return Batch(
+            self.dense.pin_memory(),
+            self.sparse.pin_memory(),
+            self.labels.pin_memory(),
+            None if self.probs is None else self.probs.pin_memory(),
         )

@@ -19,10 +19,12 @@ from contextlib import contextmanager
 
 import torch
 
+from dmt.guard import device_sync
+
 
 class PhaseTimer:
     def __init__(self, sync_cuda: bool = False) -> None:
-        self.sync_cuda = sync_cuda and torch.cuda.is_available()
+        self.sync_cuda = sync_cuda and torch.cuda.is_available()  # profiling only
         self.totals: dict[str, float] = {}
         self._inner: list[float] = []  # per open phase: seconds spent in phases opened inside it
 
@@ -32,14 +34,14 @@ class PhaseTimer:
     @contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         if self.sync_cuda:
-            torch.cuda.synchronize()
+            device_sync("cuda")
         start = time.perf_counter()
         self._inner.append(0.0)
         try:
             yield
         finally:
             if self.sync_cuda:
-                torch.cuda.synchronize()
+                device_sync("cuda")
             elapsed = time.perf_counter() - start
             inner = self._inner.pop()
             self.totals[name] = self.totals.get(name, 0.0) + elapsed - inner

@@ -21,6 +21,7 @@ from dmt.distributed.plan import ShardingPlan
 from dmt.distributed.sharded import shard
 from dmt.distributed.topology import Layout, Topology
 from dmt.errors import UserError
+from dmt.guard import allowed_sync
 from dmt.models.base import MultiTowerModel
 from dmt.modules.embedding import deferred_tables
 from dmt.sparse import Batch
@@ -85,34 +86,44 @@ def verify(
         to_shard = make_model()
     sharding = plan_for(to_shard, topology.layout) if plan_for is not None else None
     sharded = shard(to_shard, topology, mode, sharding=sharding).to(device)
+    diffs = _compare_steps(reference, sharded, make_optimizers, topology, batches, steps, device)
+    with allowed_sync("the result"):
+        return {"outputs": float(diffs[0]), "gradients": float(diffs[1]), "parameters": float(diffs[2])}
+
+
+def _compare_steps(
+    reference, sharded, make_optimizers, topology: Topology, batches, steps: int, device
+) -> torch.Tensor:
+    """The steps of `verify`, side by side. -> [3] float64 maxima over all ranks."""
     ref_opts, opts = make_optimizers(reference), make_optimizers(sharded)
     world, rank = topology.layout.world, topology.rank
     ref_params = dict(reference.named_parameters())
-    diffs = torch.zeros(3, dtype=torch.float64)  # outputs, gradients, parameters
+    diffs = torch.zeros(3, dtype=torch.float64, device="cpu")  # outputs, gradients, parameters (on the host)
     stream = iter(batches)
     for _ in range(steps):
-        batch = next(stream).to(device)
+        batch = next(stream).to(device, non_blocking=True)
         if batch.size % world:
             raise UserError(f"verify needs global batches of a multiple of {world} samples, got {batch.size}")
         bs = batch.size // world
         ref_logits = _step(reference, ref_opts, batch)
         logits = _step(sharded, opts, batch.slice_samples(rank * bs, (rank + 1) * bs))
-        diffs[0] = max(diffs[0], _max_diff(logits, ref_logits[rank * bs : (rank + 1) * bs]))
         held = list(sharded.module.named_parameters())
-        where = {name: offsets for name, (offsets, _) in sharded.blocks().items()}
-        for name, p in held:
-            ref_grad = _block(ref_params[name].grad, where.get(name), p.shape)
-            diffs[1] = max(diffs[1], _max_diff(p.grad, ref_grad))
+        where = {name: offsets for name, (offsets, _) in sharded.blocks().items()}  # shards: their blocks
+        with allowed_sync("verification reads the differences"):
+            diffs[0] = max(diffs[0], _max_diff(logits, ref_logits[rank * bs : (rank + 1) * bs]))
+            for name, p in held:
+                diffs[1] = max(diffs[1], _max_diff(p.grad, _block(ref_params[name].grad, where.get(name), p.shape)))
         for opt in ref_opts + opts:
             opt.step()
-        for name, p in held:
-            ref = _block(ref_params[name].detach(), where.get(name), p.shape)
-            diffs[2] = max(diffs[2], _max_diff(p.detach(), ref))
+        with allowed_sync("verification reads the differences"):
+            for name, p in held:
+                diffs[2] = max(
+                    diffs[2], _max_diff(p.detach(), _block(ref_params[name].detach(), where.get(name), p.shape))
+                )
     if topology.distributed:
-        diffs = diffs.to(device)  # NCCL reduces device tensors only
+        diffs = diffs.to(device, non_blocking=True)  # NCCL reduces device tensors only
         dist.all_reduce(diffs, op=dist.ReduceOp.MAX)
-        diffs = diffs.cpu()
-    return {"outputs": float(diffs[0]), "gradients": float(diffs[1]), "parameters": float(diffs[2])}
+    return diffs
 
 
 def verify_rank(cfg: Config, topo: Topology, steps: int) -> dict[str, float]:

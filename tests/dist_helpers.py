@@ -7,7 +7,7 @@ from dmt.distributed.launch import launch
 
 
 def run_ranks(hosts: int, ranks_per_host: int, fn, cfg: Config, *args) -> dict[int, object]:
-    """fn(cfg, topo, *args) on hosts * ranks_per_host forked ranks -> {rank: result}."""
+    """fn(cfg, topo, *args) on hosts * ranks_per_host spawned ranks -> {rank: result}."""
     return launch(hosts * ranks_per_host, fn, cfg, ranks_per_host, *args, start_method="spawn")
 
 

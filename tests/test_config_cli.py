@@ -19,8 +19,13 @@ CONFIGS = sorted((ROOT / "dmt/configs").glob("*.toml"))
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
+    """Each shipped config loads, survives a round trip through a plain dict, and its tower file exists."""
+    from dmt.config import config_from_dict, to_dict
+
     cfg = load_config(path)
-    assert cfg.train.steps > 0
+    assert config_from_dict(to_dict(cfg)) == cfg
+    if cfg.model.towers_file:
+        assert Path(cfg.model.towers_file).is_file(), cfg.model.towers_file
 
 
 def test_overrides_take_toml_literals():
@@ -127,10 +132,12 @@ def test_cli_bad_input_exits_2_with_one_line(args, message):
     assert message in lines[0]
 
 
-def test_bad_toml_is_one_line(tmp_path):
+def test_bad_toml_is_one_line(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text("[train\nsteps = 3\n")
     assert main(["train", "--config", str(bad), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"dmt: error: config file {bad} is not valid TOML"), err
 
 
 def test_sptt_table_split_over_towers_is_rejected(tmp_path):

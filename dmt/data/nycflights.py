@@ -19,7 +19,7 @@ Each categorical has its own table; id 0 means missing or unseen in train (e.g. 
 planes.csv). Dense values are standardised on train; missing (no weather row) -> 0, the train mean.
 `data.include_dep_delay = true` adds dep_delay as a 12th dense feature: it is only known at
 departure and is most of the answer (arrival delay is mostly departure delay), so it is off by
-default; the DESIGN anchors (logistic regression 0.724 test AUC) are for pre-departure features.
+default; the anchors of docs/design.md, section 4, (logistic regression 0.724 test AUC) are for pre-departure features.
 Leakage never included: arr_time, arr_delay, air_time, dep_time.
 """
 

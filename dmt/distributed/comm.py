@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dmt.distributed.topology import Layout
+from dmt.guard import device_sync
 
 
 @dataclass
@@ -94,8 +95,12 @@ class Exchange:
         layout: Layout,
         counter: CommCounter,
         name: str,
+        profile: bool = False,
     ) -> None:
+        """profile: wait for the device around each collective (CUDA), so that its time is the
+        transfer's; off in training, where the wait would undo the overlap."""
         self.group, self.members, self.layout, self.counter, self.name = group, members, layout, counter, name
+        self.profile = profile
         self.size = len(members)
         self.index = members.index(rank)
         self.cross = [layout.host_of(m) != layout.host_of(rank) for m in members]
@@ -114,13 +119,13 @@ class Exchange:
             return x
         out = x.new_empty((sum(recv), *x.shape[1:]))
         x = x.contiguous()
-        _sync(x)
+        _sync(x, self.profile)
         start = time.perf_counter()
         if self.receives_first:
             self._receives_first(out, x, send, recv)
         else:
             dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
-        _sync(out)
+        _sync(out, self.profile)
         self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter(), tuple(self.members))
         row = x[0].numel() if x.dim() > 1 else 1
         self._count(phase, [n * row for n in send], x.element_size())
@@ -157,10 +162,11 @@ class Exchange:
         return _AllToAll.apply(x, send, recv, self, phase)
 
 
-def _sync(x: Tensor) -> None:
-    """On CUDA a collective returns once queued: wait for the device so that the time is the transfer's."""
-    if x.is_cuda:
-        torch.cuda.synchronize(x.device)
+def _sync(x: Tensor, profile: bool) -> None:
+    """Profiling only: wait for the device, so that the time measured is the transfer's. Without it
+    an NCCL collective returns once queued, and the times recorded are the host's."""
+    if profile:
+        device_sync(x.device)
 
 
 class _AllToAll(torch.autograd.Function):

@@ -49,6 +49,7 @@ def host_path(sm, sparse: KeyedJagged, features: list[str]) -> dict[str, Tensor]
     """The features of "table_row" tables, over SPTT's two hops (sptt.py steps 1-4 and 6, with no
     Tower Module). sparse: B samples -> {feature: [B, d_f]}."""
     plan, layout, widths, timer = sm.plan, sm.plan.layout, sm.widths, sm.timer
+    device = sparse.values.device
     on_host = [[f for f in features if plan.table_host(plan.feature_table[f]) == g] for g in range(layout.hosts)]
     mine = on_host[layout.host_of(sm.rank)]
     with timer("input_exchange"):
@@ -57,7 +58,7 @@ def host_path(sm, sparse: KeyedJagged, features: list[str]) -> dict[str, Tensor]
     pooled = group_lookup(
         sm, sm.intra_ex, rail_ids, mine, served, ("intra_ids", "intra_pooled"), 1 / layout.ranks_per_host
     )
-    block = torch.cat([pooled[f] for f in mine], 1) if mine else torch.zeros(rail_ids.batch_size, 0)
+    block = torch.cat([pooled[f] for f in mine], 1) if mine else torch.zeros(rail_ids.batch_size, 0, device=device)
     with timer("output_exchange"):
         out_widths = [sum(widths[f] for f in g) for g in on_host]
         got = return_rows(sm.peer_ex, block, rail_sizes, out_widths, sparse.batch_size, "peer_pooled")

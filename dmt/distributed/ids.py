@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from dmt.distributed.comm import Exchange
+from dmt.guard import allowed_sync
 from dmt.sparse import KeyedJagged
 
 
@@ -38,7 +39,8 @@ def send_ids(
             pieces.append((torch.cat([p[2] for p in sub]) if sub else kj.weights[:0]).to(torch.float32))
         payloads.append(torch.cat([_as_bytes(p) for p in pieces]))
         counts.append([lengths.numel(), values.numel()])
-    recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
+    with allowed_sync("the receive buffer's size: the all-to-all takes its splits on the host"):
+        recv = ex.counts(torch.tensor(counts, dtype=torch.long, device=kj.values.device)).tolist()
     id_size = id_dtype.itemsize
     per_value = id_size + (4 if weighted else 0)
     got = ex.all_to_all(
@@ -47,8 +49,7 @@ def send_ids(
 
     n = len(mine)
     sizes = [nl // n if n else 0 for nl, _ in recv]
-    by_source = []
-    offset = 0
+    sources, offset = [], 0  # per source member: lengths [n * B_j], values, weights
     for nl, nv in recv:
         lengths = _from_bytes(got, offset, nl, torch.int32).long()
         offset += 4 * nl
@@ -58,17 +59,24 @@ def send_ids(
         if weighted:
             weights = _from_bytes(got, offset, nv, torch.float32)
             offset += 4 * nv
-        if n:
-            by_source.append(KeyedJagged(mine, values, lengths, weights).per_key())
+        sources.append((lengths, values, weights))
+    if not n:
+        return KeyedJagged.concat_keys([], [], 0, kj.values.device), sizes
+    with allowed_sync("ids per feature and source, to regroup the received ids by feature"):
+        per_source = torch.stack([ln.view(n, -1).sum(1) for ln, _, _ in sources]).tolist()  # [sources][n]
+    split = [
+        (ln.view(n, -1).unbind(0), v.split(c), w.split(c) if weighted else [None] * n)
+        for (ln, v, w), c in zip(sources, per_source, strict=True)
+    ]
     parts_out = [
         (
-            torch.cat([s[f][0] for s in by_source]),
-            torch.cat([s[f][1] for s in by_source]),
-            torch.cat([s[f][2] for s in by_source]) if weighted else None,
+            torch.cat([s[1][i] for s in split]),
+            torch.cat([s[0][i] for s in split]),
+            torch.cat([s[2][i] for s in split]) if weighted else None,
         )
-        for f in mine
+        for i in range(n)
     ]
-    return KeyedJagged.concat_keys(parts_out, mine, sum(sizes)), sizes
+    return KeyedJagged.concat_keys(parts_out, mine, sum(sizes), kj.values.device), sizes
 
 
 def _as_bytes(t: Tensor) -> Tensor:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
@@ -53,7 +54,13 @@ class ShardedModel(nn.Module):
     """See the module docstring. Build it with `shard`."""
 
     def __init__(
-        self, model: MultiTowerModel, topology: Topology, sharding: ShardingPlan, timer: PhaseTimer | None = None
+        self,
+        model: MultiTowerModel,
+        topology: Topology,
+        sharding: ShardingPlan,
+        timer: PhaseTimer | None = None,
+        profile: bool = False,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
         self.topo, self.plan, self.rank = topology, sharding, topology.rank
@@ -73,26 +80,28 @@ class ShardedModel(nn.Module):
         for f, t in sharding.feature_table.items():
             self.unit_table.update({unit_key(f, k): t for k in range(len(sharding.shards.get(t, ())))})
         self.counter = CommCounter()
-        self.timer = timer if timer is not None else PhaseTimer()
+        self.timer = timer if timer is not None else PhaseTimer(sync_cuda=profile)
+        self.precision = precision
         self._column_groups: dict[str, object] = {}
         if sharding.mode == "single":
             self.sync = None
             return
         self._column_groups = _column_groups(sharding, self.rank)
         me = self.rank
-        self.world_ex = Exchange(topology.world_group, list(range(layout.world)), me, layout, self.counter, "global")
+        everyone = list(range(layout.world))
+        self.world_ex = Exchange(topology.world_group, everyone, me, layout, self.counter, "global", profile)
         host = layout.host_ranks(topology.host)
-        self.intra_ex = Exchange(topology.intra_group, host, me, layout, self.counter, "intra")
+        self.intra_ex = Exchange(topology.intra_group, host, me, layout, self.counter, "intra", profile)
         self.peer_ex = Exchange(
-            topology.peer_group, layout.peer_ranks(topology.local), me, layout, self.counter, "peer"
+            topology.peer_group, layout.peer_ranks(topology.local), me, layout, self.counter, "peer", profile
         )
-        everyone, spans_hosts = tuple(range(layout.world)), layout.hosts > 1
-        head = Bucket("head", list(model.head.parameters()), topology.dense_group, everyone, spans_hosts)
+        spans_hosts = layout.hosts > 1
+        head = Bucket("head", list(model.head.parameters()), topology.dense_group, tuple(everyone), spans_hosts)
         towers = list(model.tower_modules.parameters())
         if sharding.mode == "sptt":
             tower = Bucket("towers", towers, topology.tower_group, tuple(host), False)
         else:
-            tower = Bucket("towers", towers, topology.dense_group, everyone, spans_hosts)
+            tower = Bucket("towers", towers, topology.dense_group, tuple(everyone), spans_hosts)
         self.sync = GradientSync([head, tower], self.counter, self.timer)
 
     # ---- what this rank trains ---------------------------------------------------------------
@@ -135,14 +144,22 @@ class ShardedModel(nn.Module):
 
     def forward(self, dense: Tensor, sparse) -> Tensor:
         """dense [B, num_dense], sparse (KeyedJagged or TorchRec KeyedJaggedTensor, this rank's B
-        samples) -> logits [B]."""
+        samples) -> logits [B] (float32)."""
         sparse = as_keyed_jagged(sparse)
-        if self.plan.mode == "single":
-            return self.module(dense, sparse)
-        dataflow = sptt_forward if self.plan.mode == "sptt" else flat_forward
-        logits = dataflow(self, dense, sparse)
+        with self.autocast():
+            if self.plan.mode == "single":
+                return self.module(dense, sparse).float()
+            dataflow = sptt_forward if self.plan.mode == "sptt" else flat_forward
+            logits = dataflow(self, dense, sparse).float()
         self.sync.attach(logits)
         return logits
+
+    def autocast(self):
+        """precision "bf16": the dense parts (Tower Modules, head) compute in bfloat16 under
+        autocast; tables, pooling, exchanges and the loss stay float32 (a Tower Module's output is
+        cast back before it crosses hosts)."""
+        device = next((p.device.type for p in self.module.parameters()), "cpu")
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
 def _column_groups(sharding: ShardingPlan, rank: int) -> dict[str, object]:
@@ -167,13 +184,16 @@ def shard(
     mode: str = "sptt",
     sharding: ShardingPlan | None = None,
     timer: PhaseTimer | None = None,
+    profile: bool = False,
+    precision: str = "fp32",
 ) -> ShardedModel:
     """Shard a one-device model over `topology` ("flat" or "sptt"; `sharding` overrides the
     planner's placement). Collective only through the topology's groups; build the model the same
     way (same seed) on every rank, ideally inside `dmt.deferred_tables()` so that no rank
-    allocates tables it does not own; the model is trimmed in place.
+    allocates tables it does not own; the model is trimmed in place. profile: wait for the device
+    around every timed phase and collective (exact times, no overlap). precision: "fp32", or
+    "bf16" for the dense parts (see ShardedModel.autocast).
 
-    >>> import torch
     >>> from dmt.models.dlrm import DLRM
     >>> from dmt.sparse import KeyedJagged
     >>> from dmt.specs import FeatureSpec
@@ -183,5 +203,7 @@ def shard(
     >>> sharded(torch.zeros(2, 2), sparse).shape
     torch.Size([2])
     """
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     sharding = sharding if sharding is not None else plan(model, topology.layout, mode)
-    return ShardedModel(model, topology, sharding, timer)
+    return ShardedModel(model, topology, sharding, timer, profile, precision)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from dmt.guard import allowed_sync
 from dmt.sparse import KeyedJagged
 
 SEPARATOR = "@"  # unit key = feature + SEPARATOR + shard index
@@ -91,29 +92,47 @@ def split_ids(kj: KeyedJagged, units: list[str], shards: Mapping[str, tuple[Shar
 
     A unit f is f's ids as they are; a unit "f@k" holds, per bag, the ids of f that fall in the
     rows of shard k of f's table (`tables[f]`), minus the shard's first row (a column shard of all
-    rows gets every id). Weights follow their ids."""
+    rows gets every id). Weights follow their ids. Each feature cut into row ranges is sorted by
+    range once (stable: a bag keeps its ids' order) and read once on the host for the split sizes."""
     if all(SEPARATOR not in u for u in units):
-        return kj if units == kj.keys else kj.select(units)
+        return kj
     parts = kj.per_key()
-    bags: dict[str, Tensor] = {}  # feature -> bag index of each id
+    by_range: dict[str, dict[tuple[int, int], tuple]] = {}  # feature -> row range -> its part
     out = []
     for u in units:
         feature, sep, k = u.rpartition(SEPARATOR)
         if not sep:
             out.append(parts[u])
             continue
-        values, lengths, weights = parts[feature]
-        shard = shards[tables[feature]][int(k)]
-        first, stop = shard.rows
-        if first == 0 and stop >= _table_rows(shards[tables[feature]]):
-            out.append((values, lengths, weights))
+        table_shards = shards[tables[feature]]
+        rows = table_shards[int(k)].rows
+        if rows == (0, _table_rows(table_shards)):
+            out.append(parts[feature])
             continue
-        keep = (values >= first) & (values < stop)
-        if feature not in bags:
-            bags[feature] = torch.repeat_interleave(torch.arange(lengths.numel(), device=lengths.device), lengths)
-        kept_lengths = torch.zeros_like(lengths).index_add_(0, bags[feature][keep], torch.ones_like(values[keep]))
-        out.append((values[keep] - first, kept_lengths, None if weights is None else weights[keep]))
-    return KeyedJagged.concat_keys(out, units, kj.batch_size)
+        if feature not in by_range:
+            by_range[feature] = _by_row_range(*parts[feature], sorted({s.rows for s in table_shards}))
+        out.append(by_range[feature][rows])
+    return KeyedJagged.concat_keys(out, units, kj.batch_size, kj.values.device)
+
+
+def _by_row_range(values: Tensor, lengths: Tensor, weights: Tensor | None, ranges: list[tuple[int, int]]) -> dict:
+    """One feature's ids (values [n], lengths [S], weights) -> row range -> (its ids re-based to the
+    range's first row, lengths [S] of its ids per bag, their weights)."""
+    starts = torch.tensor([r0 for r0, _ in ranges[1:]], dtype=values.dtype, device=values.device)
+    which = torch.bucketize(values, starts, right=True)  # [n] row range of each id
+    bags = torch.repeat_interleave(
+        torch.arange(lengths.numel(), device=lengths.device), lengths, output_size=values.numel()
+    )
+    counts = torch.bincount(bags * len(ranges) + which, minlength=lengths.numel() * len(ranges))
+    per_bag = counts.view(lengths.numel(), len(ranges))  # [S, ranges]
+    order = torch.sort(which, stable=True).indices  # ids grouped by range, bags in order inside
+    with allowed_sync("ids per row shard: the sizes to split a cut feature's ids by"):
+        sizes = per_bag.sum(0).tolist()
+    values, weights = values[order].split(sizes), weights[order].split(sizes) if weights is not None else None
+    return {
+        r: (values[i] - r[0], per_bag[:, i].contiguous(), None if weights is None else weights[i])
+        for i, r in enumerate(ranges)
+    }
 
 
 def _table_rows(shards: tuple[Shard, ...]) -> int:

@@ -58,7 +58,8 @@ def sptt_forward(sm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
         # (5) Tower Modules of my host's towers: [H*B, D_t] -> [H*B, D'_t]
         mine = plan.towers_on(host)
         compressed = [model.tower_modules[t](model.tower_input(per_feature, t)) for t in mine]
-        block = torch.cat(compressed, 1) if compressed else dense.new_zeros(rail_ids.batch_size, 0)
+        # float32 on the wire whatever precision the Tower Modules computed in
+        block = torch.cat(compressed, 1).float() if compressed else dense.new_zeros(rail_ids.batch_size, 0).float()
     with timer("output_exchange"):
         # (6) peer pooled all-to-all: each peer gets its B rows of every tower
         out_widths = [[model.tower_widths[t] for t in plan.towers_on(g)] for g in range(layout.hosts)]

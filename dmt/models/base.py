@@ -29,6 +29,7 @@ class MultiTowerModel(nn.Module):
     towers None: one tower of every feature in feature order (the flat model). tower_modules
     None: identity Tower Modules. Every feature must be in exactly one tower.
 
+    >>> from dmt.sparse import KeyedJagged
     >>> from dmt.specs import FeatureSpec
     >>> feats = [FeatureSpec(f"f{i}", f"t{i}", 100) for i in range(3)]
     >>> ebc = EmbeddingBagCollection.from_features(feats, dim=4)

@@ -58,8 +58,8 @@ class EmbeddingBagCollection(nn.Module):
 
     Gradients are sparse (only the looked-up rows), which the row-wise optimizers use.
 
-    >>> feats = [FeatureSpec("user", "users", 100), FeatureSpec("item", "items", 50)]
-    >>> ebc = EmbeddingBagCollection([TableSpec("users", 100, 8), TableSpec("items", 50, 4, "sum")], feats)
+    >>> feats = [FeatureSpec("user", "users", 100), FeatureSpec("item", "catalog", 50)]
+    >>> ebc = EmbeddingBagCollection([TableSpec("users", 100, 8), TableSpec("catalog", 50, 4, "sum")], feats)
     >>> sparse = KeyedJagged(["user", "item"], torch.tensor([3, 7, 1]), torch.tensor([1, 1, 0, 1]))
     >>> {f: tuple(v.shape) for f, v in ebc(sparse).items()}  # 2 samples; item of sample 0 is empty
     {'user': (2, 8), 'item': (2, 4)}
@@ -72,7 +72,10 @@ class EmbeddingBagCollection(nn.Module):
             raise ValueError("two tables share one name")
         for name in self.specs:
             if not name or "." in name or hasattr(nn.ModuleDict(), name):
-                raise ValueError(f"table name {name!r} cannot name a module (empty, a dot, or a ModuleDict attribute)")
+                raise ValueError(
+                    f"table name {name!r} cannot name a submodule (empty, with a dot, or an attribute of "
+                    f"nn.ModuleDict such as 'items' or 'keys'): rename the table, e.g. {name + '_table'!r}"
+                )
         self.features = list(features)
         for f in features:
             spec = self.specs.get(f.table)
@@ -132,7 +135,8 @@ class EmbeddingBagCollection(nn.Module):
         (r0, r1), (c0, c1) = block
         if not (0 <= r0 < r1 <= spec.num_embeddings and 0 <= c0 < c1 <= spec.embedding_dim):
             raise ValueError(f"table {spec.name} [{spec.num_embeddings}, {spec.embedding_dim}] has no block {block}")
-        weight = torch.empty(r1 - r0, c1 - c0)
+        # the initial values are drawn on the host, so that they are the same on every device
+        weight = torch.empty(r1 - r0, c1 - c0, device="cpu")
         with torch.no_grad():
             self._draw(index, spec, block, weight)
         return nn.EmbeddingBag(r1 - r0, c1 - c0, mode="sum", sparse=True, _weight=weight)
@@ -141,12 +145,12 @@ class EmbeddingBagCollection(nn.Module):
         """out [r1 - r0, c1 - c0] <- rows [r0, r1) x columns [c0, c1) of the table's initial values."""
         (r0, r1), (c0, c1) = block
         dim, bound = spec.embedding_dim, 1.0 / math.sqrt(spec.embedding_dim)
-        scratch = torch.empty(0, dim)
+        scratch = torch.empty(0, dim, device="cpu")
 
         def draw(rows: int) -> Tensor:  # the next `rows` full rows of the generator, in the scratch
             nonlocal scratch
             if scratch.shape[0] < rows:
-                scratch = torch.empty(rows, dim)
+                scratch = torch.empty(rows, dim, device="cpu")
             return scratch[:rows].uniform_(-bound, bound, generator=generator)
 
         for b in range(r0 // BLOCK_ROWS, (r1 - 1) // BLOCK_ROWS + 1):
@@ -212,7 +216,7 @@ class EmbeddingBagCollection(nn.Module):
         for table, names in by_table.items():
             if not names:
                 continue
-            chunk = KeyedJagged.concat_keys([parts[n] for n in names], names, sparse.batch_size)
+            chunk = KeyedJagged.concat_keys([parts[n] for n in names], names, sparse.batch_size, sparse.values.device)
             pooled = self.lookup(table, chunk.values, chunk.lengths, chunk.weights)
             out.update(zip(names, pooled.split(sparse.batch_size), strict=True))
         return out

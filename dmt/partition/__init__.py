@@ -1,4 +1,4 @@
-"""Tower Partitioner (DESIGN section 1, TP): interaction matrices, spectral embedding, capacity-
+"""Tower Partitioner (docs/design.md, section 1): interaction matrices, spectral embedding, capacity-
 constrained K-Means, baselines; `dmt partition` runs `dmt.partition.run.run_partition`."""
 
 from dmt.partition.partition import METHODS, PartitionResult, adjusted_rand_index, partition

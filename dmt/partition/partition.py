@@ -4,7 +4,7 @@
     items (features sharing a table) --mean point, summed cost--> constrained K-Means -> towers
 
 `partition(..., method="tp")` is the learned partition; "sequential", "random" and "greedy" are
-the baselines of DESIGN section 1. Every method keeps features that share a table in one tower.
+the baselines of docs/design.md, section 1. Every method keeps features that share a table in one tower.
 The TP load bound is (1 + tolerance) * total cost / K; a bound that no assignment meets is a
 UserError that names the smallest feasible bound (the optimum of the min-max-load assignment).
 """

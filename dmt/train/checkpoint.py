@@ -12,10 +12,10 @@ sharded run writes DIR/checkpoint and, at the end, exports the one-device DIR/mo
 A table held in shards is saved, in both forms, under its one-device name: in DCP each rank's
 shard is a chunk of the whole tensor at its offsets (`TensorBlock`), so DCP can load any other
 cut of it: resuming on another topology or sharding reads each rank's new block from whatever
-chunks overlap it. The export writes the one-device file without gathering anything: rank 0
-writes its skeleton (every tensor's shape, no bytes), then every rank writes the bytes of what it
-holds at their places in the file (`export`), so no rank holds more than its own part and no
-rank waits longer than the slowest rank's own write.
+chunks overlap it. The export (`export_sharded`) streams: it writes the one-device file's
+skeleton (every tensor's shape, no bytes), then loads the saved chunks one at a time and writes
+each at its place in the file, so that the exporting rank never holds the whole model, only one
+rank's shard at a time; it runs after the run's last collective, so no rank waits on it.
 
 Nothing is ever half-written: a file is written under a temporary name and renamed into place;
 a DCP directory is written beside the live one and swapped in after every rank has finished.
@@ -37,10 +37,12 @@ from torch.distributed.checkpoint.planner import TensorWriteData, WriteItem, Wri
 
 from dmt.config import Config, config_from_dict, to_dict
 from dmt.errors import UserError
+from dmt.guard import allowed_sync
 
 FILE = "model.pt"
 SHARDS = "checkpoint"
 EXPORT_ROWS = 1 << 16  # rows per read-modify-write of a column block during the export
+EXPORT_BYTES = 64 << 20  # small chunks exported together up to this many bytes
 
 Blocks = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # parameter name -> (offsets, one-device shape)
 
@@ -134,14 +136,18 @@ def restore(
     model.load_state_dict({k: _local(v) for k, v in weights.items()}, strict=False)
     name_of = {id(p): n for n, p in named_params}
     for opt in optimizers:
-        for group in opt.param_groups:
-            for p in group["params"]:
-                name = name_of[id(p)]
-                prefix = f"optim/{name}/"
-                entries = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-                if entries:
-                    opt.state[p] = {k: _local(v).clone() for k, v in entries.items()}
-    return int(state["step"])
+        # through the optimizer's own load_state_dict, which puts each state tensor where torch
+        # wants it: on its parameter's device and dtype (a step counter stays on the host)
+        saved = opt.state_dict()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        for index, p in enumerate(params):
+            prefix = f"optim/{name_of[id(p)]}/"
+            entries = {k[len(prefix) :]: _local(v) for k, v in state.items() if k.startswith(prefix)}
+            if entries:
+                saved["state"][index] = entries
+        opt.load_state_dict(saved)
+    with allowed_sync("the step the checkpoint was taken at"):
+        return int(state["step"])
 
 
 def _fsync_write(path: Path, write) -> None:
@@ -234,56 +240,46 @@ def load_sharded(
     return template
 
 
-def export(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out_dir: Path, step: int) -> Path:
-    """Collective: write the one-device DIR/model.pt from what every rank holds (module docstring).
-
-    A chunk (one tensor's block on one rank) is written by the lowest rank that holds it (dense
-    parts are replicated); a block of some columns of a table is written row block by row block
-    (read, patch its columns, write), its column ranges in turns, so that no two ranks ever write
-    the same bytes at once."""
+def export_sharded(location: Path, out_dir: Path) -> Path:
+    """Write a DCP checkpoint as the one-device DIR/model.pt, chunk by chunk (run on one rank, no
+    collective): first the file's skeleton (every tensor's shape, no bytes), then each chunk the
+    ranks saved, loaded alone and written at its place in the file, so that the exporting rank
+    holds at most EXPORT_BYTES of small chunks or one big chunk (one rank's shard) at a time."""
     from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    module = model.module
-    state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step, model.blocks())
-    chunks = {k: (tuple(_chunk_offsets(v)), tuple(v.shape), v.dtype) for k, v in state.items()}
-    everyone = topo.all_gather_object(chunks)
-    writer: dict[tuple[str, tuple[int, ...]], int] = {}
-    starts: dict[str, set[int]] = {}
-    for rank, held in enumerate(everyone):
-        for key, (offsets, _, _) in held.items():
-            writer.setdefault((key, offsets), rank)
-            starts.setdefault(key, set()).add(offsets[1] if len(offsets) > 1 else 0)
-    tmp = out_dir / f".{FILE}.export"
-    if topo.rank == 0:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        shapes = {k: (shape, dtype) for held in everyone for k, (_, shape, dtype) in held.items()}
-        with FakeTensorMode():
-            skeleton = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in sorted(shapes.items())}
-        with torch.serialization.skip_data(materialize_fake_tensors=True):
-            torch.save({"config": to_dict(cfg), "state": skeleton}, tmp)
-    topo.barrier()
+    cfg = config_from_dict(json.loads((location / "config.json").read_text()))
+    meta = dcp.FileSystemReader(str(location)).read_metadata().state_dict_metadata
+    tensors = {k: m for k, m in sorted(meta.items()) if isinstance(m, TensorStorageMetadata)}
+    tmp = out_dir / f".{FILE}.export-{os.getpid()}"
+    with FakeTensorMode():
+        skeleton = {k: torch.empty(tuple(m.size), dtype=m.properties.dtype) for k, m in tensors.items()}
+    with torch.serialization.skip_data(materialize_fake_tensors=True):
+        torch.save({"config": to_dict(cfg), "state": skeleton}, tmp)
     placed = torch.load(tmp, map_location="meta", weights_only=True)["state"]
-    mine = [(k, v) for k, v in state.items() if writer[(k, tuple(_chunk_offsets(v)))] == topo.rank]
+    chunks = [(k, c, m) for k, m in tensors.items() for c in m.chunks]
     fd = os.open(tmp, os.O_RDWR)
     try:
-        for turn in range(max((len(c) for c in starts.values()), default=1)):
-            for key, value in mine:
-                offsets = _chunk_offsets(value)
-                if sorted(starts[key]).index(offsets[1] if len(offsets) > 1 else 0) == turn:
-                    _write_block(fd, placed[key], _local(value), offsets)
-            os.fsync(fd)
-            topo.barrier()
+        while chunks:
+            batch: dict[str, TensorBlock] = {}
+            size = 0
+            for key, c, m in list(chunks):  # one load: small chunks of distinct tensors, or one big chunk
+                nbytes = int(torch.Size(c.sizes).numel()) * m.properties.dtype.itemsize
+                if key in batch or (batch and size + nbytes > EXPORT_BYTES):
+                    continue
+                local = torch.empty(tuple(c.sizes), dtype=m.properties.dtype, device="cpu")
+                batch[key] = TensorBlock(local, tuple(c.offsets), tuple(m.size))
+                size += nbytes
+                chunks.remove((key, c, m))
+            dcp.load(batch, checkpoint_id=str(location), no_dist=True)
+            for key, block in batch.items():
+                _write_block(fd, placed[key], block.local, list(block.offsets))
+        os.fsync(fd)
     finally:
         os.close(fd)
     path = out_dir / FILE
-    if topo.rank == 0:
-        os.replace(tmp, path)
-    topo.barrier()
+    os.replace(tmp, path)
     return path
-
-
-def _chunk_offsets(value: Tensor) -> list[int]:
-    return list(value.offsets) if isinstance(value, TensorBlock) else [0] * value.dim()
 
 
 def _write_block(fd: int, whole: Tensor, block: Tensor, offsets: list[int]) -> None:
@@ -313,18 +309,23 @@ def _pwrite_all(fd: int, data, at: int) -> None:
         view, at = view[n:], at + n
 
 
-def save(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out: Path, step: int, final: bool = False):
-    """Collective. model: a ShardedModel; its `module` holds this rank's part under one-device names.
-    final: also export a sharded run to the one-device DIR/model.pt."""
+def save(model, optimizers: list[torch.optim.Optimizer], topo, cfg: Config, out: Path, step: int) -> None:
+    """Collective. model: a ShardedModel; its `module` holds this rank's part under one-device names."""
     module = model.module
     blocks = model.blocks() if hasattr(model, "blocks") else {}
     state = flat_state(list(module.named_parameters()), module.state_dict(), optimizers, step, blocks)
-    if not topo.distributed:
+    if topo.distributed:
+        save_sharded(out, cfg, state)
+    else:
         save_file(out, cfg, state)
-        return
-    save_sharded(out, cfg, state)
-    if final:
-        export(model, optimizers, topo, cfg, out, step)
+
+
+def export(topo, out: Path) -> None:
+    """Not collective: the first rank writes a sharded run's checkpoint as the one-device
+    DIR/model.pt. Call it after the run's last collective, so that no rank waits inside one
+    (under a collective timeout) while the export runs."""
+    if topo.distributed and topo.rank == 0:
+        export_sharded(out / SHARDS, out)
 
 
 def resume(model, optimizers: list[torch.optim.Optimizer], topo, out: Path) -> int:

@@ -81,8 +81,13 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     torch.manual_seed(cfg.train.seed)
     with deferred_tables():
         model = build_model(cfg.model, source.features, source.num_dense)
+    if cfg.train.precision == "bf16" and cfg.train.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     sharding = rank_plan(cfg, model, topo)  # model.table_sharding fitted to dist.memory_gb
-    sharded = shard(model, topo, cfg.dist.mode, sharding=sharding).to(cfg.train.device)
+    sharded = shard(
+        model, topo, cfg.dist.mode, sharding=sharding, profile=cfg.train.profile, precision=cfg.train.precision
+    )
+    sharded = sharded.to(cfg.train.device)
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
 
@@ -123,7 +128,7 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     for step in bar:
         recorder.begin_step()
         with t.timer("data"):
-            batch = next(stream).to(device)
+            batch = next(stream).to(device, non_blocking=True)
         loss, _ = train_step(t, batch)
         recorder.end_step(loss)
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
@@ -135,10 +140,11 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     recorder.stop()
     bar.close()
 
-    ckpt.save(t.model, t.optimizers, t.topo, cfg, out, steps, final=True)
+    ckpt.save(t.model, t.optimizers, t.topo, cfg, out, steps)
     quality = evaluate(t, cfg.train.eval_batch_size, device)
-    summary = summarize(t, cfg, recorder, quality, start)
+    summary = summarize(t, cfg, recorder, quality, start)  # the run's last collective
     if t.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     runlog.close(summary)
+    ckpt.export(t.topo, out)
     return summary

@@ -17,6 +17,7 @@ import torch
 
 from dmt.config import Config
 from dmt.distributed.comm import union_s
+from dmt.guard import allowed_sync
 from dmt.train.resources import link_counters, link_delta, peak_rss_bytes
 
 
@@ -56,7 +57,7 @@ class StepRecorder:
         window = slice(-every, None)
         record = {
             "step": step,
-            "train_logloss": float(torch.stack(self.losses[window]).mean()),
+            "train_logloss": _read(torch.stack(self.losses[window]).mean()),
             "examples_per_s": len(self.step_s[window]) * self.global_batch / sum(self.step_s[window]),
             "step_ms": {k: 1e3 * v for k, v in mean_phases(self.phases[window]).items()},
             "cross_host_bytes": float(np.mean([c["cross_host_bytes"] for c in self.comm[window]])),
@@ -100,7 +101,8 @@ def summarize(t, cfg: Config, rec: StepRecorder, quality: dict, start: int) -> d
         "comm": {
             **mean_over_ranks(t, per_step),
             "by_phase": mean_over_ranks(t, by_phase),
-            "time_ms": comm_time_ms(t, comm) if comm else None,
+            # on a GPU the host clock sees a collective only being queued: times need train.profile
+            "time_ms": comm_time_ms(t, comm) if comm and (t.device.type == "cpu" or cfg.train.profile) else None,
         },
         "world": {"hosts": layout.hosts, "ranks_per_host": layout.ranks_per_host},
         "mode": t.mode,
@@ -210,3 +212,8 @@ def mean_phases(phases: list[dict[str, float]]) -> dict[str, float]:
 def step_stats(step_s: list[float]) -> dict[str, float]:
     ms = np.asarray(step_s[1:] or step_s) * 1e3  # the first step pays for warm-up
     return {"median": float(np.median(ms)), "p90": float(np.percentile(ms, 90))}
+
+
+def _read(value: torch.Tensor) -> float:
+    with allowed_sync("the logged loss, once per log interval"):
+        return float(value)
