@@ -334,6 +334,39 @@ def test_every_sharding_kind_equals_one_device_and_the_cost_model(hosts, per_hos
 
 # ---- checkpoints ----------------------------------------------------------------------------------
 
+
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled")  # one process stands in for the ranks
+def test_blocks_save_in_chunks_load_in_any_cut_and_export_in_place(tmp_path, monkeypatch):
+    """A table saved in chunks of 3 rows loads back as blocks that straddle the chunks, and exports
+    to model.pt chunk by chunk (a few chunks per load) with every byte in its place."""
+    import torch.distributed.checkpoint as dcp
+
+    from dmt.config import Config, to_dict
+    from dmt.train import checkpoint as ckpt
+
+    monkeypatch.setattr(ckpt, "CHUNK_BYTES", 3 * 8 * 4)  # 3 rows of the 8-wide table per chunk
+    monkeypatch.setattr(ckpt, "EXPORT_BYTES", 200)  # two chunks per load at most
+    table, rows = torch.arange(80.0).view(10, 8), torch.arange(10.0)
+    state = {
+        "model/t": ckpt.TensorBlock(table.clone(), (0, 0), (10, 8)),
+        "optim/t/sum": ckpt.TensorBlock(rows.clone(), (0,), (10,)),
+        "step": torch.tensor(5),
+    }
+    location = tmp_path / "checkpoint"
+    dcp.save(state, checkpoint_id=str(location), no_dist=True)
+    (location / "config.json").write_text(json.dumps(to_dict(Config())))
+    chunks = dcp.FileSystemReader(str(location)).read_metadata().state_dict_metadata["model/t"].chunks
+    assert [tuple(c.offsets) for c in chunks] == [(0, 0), (3, 0), (6, 0), (9, 0)]
+    for (r0, r1), (c0, c1) in (((2, 7), (3, 8)), ((0, 10), (0, 1)), ((8, 10), (0, 8))):
+        block = ckpt.TensorBlock(torch.zeros(r1 - r0, c1 - c0), (r0, c0), (10, 8))
+        dcp.load({"model/t": block}, checkpoint_id=str(location), no_dist=True)
+        assert torch.equal(block.local, table[r0:r1, c0:c1])
+    ckpt.export_sharded(location, tmp_path)
+    _, exported = ckpt.load_file(tmp_path)
+    assert torch.equal(exported["model/t"], table) and torch.equal(exported["optim/t/sum"], rows)
+    assert int(exported["step"]) == 5 and sorted(exported) == ["model/t", "optim/t/sum", "step"]
+
+
 SHARDED = (
     "dist.mode=sptt",
     'model.table_sharding={"*"="row", t00="column", t03="row_column"}',

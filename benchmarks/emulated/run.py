@@ -1,8 +1,9 @@
-"""Measured speed on an emulated cluster (needs root): flat, SPTT (CR 1) and SPTT + Tower Modules
+"""Measured speed on an emulated cluster (needs root): flat (tables whole, row-wise over the world,
+table-row-wise), SPTT (CR 1, tables whole and row-wise inside the host) and SPTT + Tower Modules
 (CR 2, 4, 8) on 2 hosts x 2 ranks and 4 hosts x 1 rank, cross-host links shaped with tbf, each
 beside the cost model's prediction for the same emulated topology.
 
-    .venv/bin/python -m benchmarks.emulated.run [--mbit 100] [--steps 200]
+    .venv/bin/python -m benchmarks.emulated.run [--mbit 100] [--steps 200] [--runs "flat,flat row"]
 
 Per topology, a calibration run (calibrate.py) first measures the cluster's latencies, loopback
 bandwidth and per-process runtime memory; `dmt.cost.presets.emulated` turns them and the tbf rate
@@ -34,9 +35,19 @@ from dmt.emulate import emulate
 
 HERE = Path(__file__).parent
 HEADER_BYTES = 66  # per packet on the wire: Ethernet 14 + IPv4 20 + TCP with timestamps 32
+FLAT = ["dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"]
+SPTT = ["dist.mode=sptt", "model.tower_module=identity"]
 RUNS = [  # name, cost-model mode, compression ratio, overrides
-    ("flat", "flat", None, ["dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"]),
-    ("sptt cr1", "sptt", None, ["dist.mode=sptt", "model.tower_module=identity"]),
+    ("flat", "flat", None, FLAT),
+    ("flat row", "flat", None, [*FLAT, 'model.table_sharding={"*"="row"}']),
+    ("flat table_row", "flat", None, [*FLAT, 'model.table_sharding={"*"="table_row"}']),
+    ("sptt cr1", "sptt", None, SPTT),
+    (
+        "sptt cr1 row",
+        "sptt",
+        None,
+        ["dist.mode=sptt", "model.tower_module=identity", 'model.table_sharding={"*"="row"}'],
+    ),
     *[
         (
             f"sptt+tm cr{cr}",
@@ -94,12 +105,15 @@ def main() -> None:
     p.add_argument("--mbit", type=float, default=100.0)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--topologies", default="2x2,4x1")
+    p.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     p.add_argument("--queue-ms", type=float, default=100.0, help="link queue depth (dmt emulate --queue-ms)")
     p.add_argument(
         "--repredict", action="store_true", help="only redo the predictions of the stored results (cost model changed)"
     )
     args = p.parse_args()
     stem = "results" if args.queue_ms == 100 else f"results_queue{args.queue_ms:g}ms"
+    if args.runs:  # a subset never overwrites the full table
+        stem += "_subset"
     if args.repredict:
         result = json.loads((HERE / f"{stem}.json").read_text())
         repredict(result)
@@ -121,6 +135,8 @@ def main() -> None:
         )
         runtime_rss = max(cal["runtime_rss_bytes"])
         for name, mode, ratio, overrides in RUNS:
+            if args.runs and name not in args.runs.split(","):
+                continue
             out = Path("runs/bench_emulated") / topo / name.replace(" ", "_").replace("+", "_")
             settings = [
                 f"train.steps={args.steps}",
@@ -154,8 +170,8 @@ def main() -> None:
             )
             print(json.dumps({k: rows[-1][k] for k in ("topology", "run", "examples_per_s", "comm_error")}), flush=True)
     for r in rows:
-        base = next(x for x in rows if x["topology"] == r["topology"] and x["run"] == "flat")
-        r["speedup_vs_flat"] = r["examples_per_s"] / base["examples_per_s"]
+        base = next((x for x in rows if x["topology"] == r["topology"] and x["run"] == "flat"), None)
+        r["speedup_vs_flat"] = r["examples_per_s"] / base["examples_per_s"] if base else None
     result = {
         **provenance(),
         "cross_host_mbit": args.mbit,
@@ -220,7 +236,8 @@ def report(result: dict) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['topology']} | {r['run']} | {r['examples_per_s']:.0f} | {r['speedup_vs_flat']:.2f}x "
+            f"| {r['topology']} | {r['run']} | {r['examples_per_s']:.0f} "
+            f"| {'-' if r['speedup_vs_flat'] is None else format(r['speedup_vs_flat'], '.2f') + 'x'} "
             f"| {r['step_ms']['median']:.1f} | {r['cross_host_bytes_per_step_rank']:,.0f} | {r['auc']:.4f} |"
         )
     lines += [
@@ -247,9 +264,9 @@ def report(result: dict) -> str:
         )
     lines += ["", "## How close CR 4 gets to its limit", ""]
     for topo in dict.fromkeys(r["topology"] for r in rows):
-        flat = next(r for r in rows if r["topology"] == topo and r["run"] == "flat")
+        flat = next((r for r in rows if r["topology"] == topo and r["run"] == "flat"), None)
         cr4 = next((r for r in rows if r["topology"] == topo and r["run"] == "sptt+tm cr4"), None)
-        if cr4 is None:
+        if cr4 is None or flat is None:
             continue
         byte_share = cr4["cross_host_bytes_per_step_rank"] / flat["cross_host_bytes_per_step_rank"]
         step, busy = cr4["step_ms"]["median"], cr4["comm_measured_ms"]["busy"]

@@ -32,7 +32,16 @@ GB = 1e9
 @dataclass(frozen=True)
 class MemoryBudget:
     """What each rank may use and what it runs: bytes per rank, samples per rank and step, the
-    optimizers, the per-process runtime and whether ids carry weights."""
+    optimizers, the per-process runtime and whether ids carry weights (`dmt.plan(..., budget=)`).
+
+    >>> import dmt
+    >>> feats = [dmt.FeatureSpec("user", "users", 10_000_000), dmt.FeatureSpec("item", "catalog", 1000)]
+    >>> with dmt.deferred_tables():
+    ...     model = dmt.DLRM(feats, num_dense=0, dim=16)
+    >>> budget = dmt.MemoryBudget(bytes_per_rank=1e9, batch_size=512)  # table + state 0.68 GB, runtime 0.39
+    >>> dmt.plan(model, dmt.Layout(2, 2), "flat", budget=budget).table_summary()["users"]
+    'table_row x2 over ranks [0, 1]'
+    """
 
     bytes_per_rank: float
     batch_size: int

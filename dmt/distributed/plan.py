@@ -157,6 +157,9 @@ def plan(
     >>> p = plan(model, Layout(hosts=2, ranks_per_host=2), "sptt")
     >>> p.tower_host, p.table_owner
     ((0, 1), {'t0': 0, 't1': 1, 't2': 2, 't3': 3})
+    >>> cut = plan(model, Layout(2, 2), "flat", {"t0": "row", "t1": "table_row"})
+    >>> [cut.table_summary()[t] for t in ("t0", "t1")]
+    ['row x4 over ranks [0, 1, 2, 3]', 'table_row x2 over ranks [0, 1]']
     """
     if mode not in MODES[1:]:
         raise UserError(f"sharding mode must be 'flat' or 'sptt', got {mode!r}")

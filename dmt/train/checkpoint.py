@@ -15,7 +15,7 @@ cut of it: resuming on another topology or sharding reads each rank's new block 
 chunks overlap it. The export (`export_sharded`) streams: it writes the one-device file's
 skeleton (every tensor's shape, no bytes), then loads the saved chunks one at a time and writes
 each at its place in the file, so that the exporting rank never holds the whole model, only one
-rank's shard at a time; it runs after the run's last collective, so no rank waits on it.
+chunk (64 MiB at most) at a time; it runs after the run's last collective, so no rank waits on it.
 
 Nothing is ever half-written: a file is written under a temporary name and renamed into place;
 a DCP directory is written beside the live one and swapped in after every rank has finished.
@@ -41,6 +41,7 @@ from dmt.guard import allowed_sync
 
 FILE = "model.pt"
 SHARDS = "checkpoint"
+CHUNK_BYTES = 64 << 20  # DCP chunks of a big tensor hold at most this many bytes (TensorBlock)
 EXPORT_ROWS = 1 << 16  # rows per read-modify-write of a column block during the export
 EXPORT_BYTES = 64 << 20  # small chunks exported together up to this many bytes
 
@@ -49,8 +50,10 @@ Blocks = dict[str, tuple[tuple[int, ...], tuple[int, ...]]]  # parameter name ->
 
 class TensorBlock(torch.Tensor):
     """A block of a bigger tensor as DCP sees it: the shape is the whole tensor's, the data
-    (`local`, at `offsets`) only the block's. It computes nothing; DCP saves and loads it as one
-    chunk (its `__create_write_items__` / `__create_chunk_list__` / `__get_tensor_shard__`)."""
+    (`local`, at `offsets`) only the block's. It computes nothing. DCP saves and loads it as
+    chunks of at most CHUNK_BYTES, consecutive rows of the block (its `__create_write_items__` /
+    `__create_chunk_list__` / `__get_tensor_shard__`), so that writing, reading back and exporting
+    a big table never needs more than one such chunk of memory beside it."""
 
     @staticmethod
     def __new__(cls, local: Tensor, offsets: tuple[int, ...], shape: tuple[int, ...]):
@@ -62,17 +65,33 @@ class TensorBlock(torch.Tensor):
     def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
         raise TypeError(f"a TensorBlock only carries a block to torch.distributed.checkpoint, it cannot run {func}")
 
+    def pieces(self) -> list[tuple[torch.Size, Tensor]]:
+        """-> [(offsets in the whole tensor, view of `local`)], CHUNK_BYTES or less each."""
+        local = self.local
+        if local.dim() == 0 or local.shape[0] == 0:
+            return [(self.offsets, local)]
+        rows = max(1, CHUNK_BYTES // max(local[0].numel() * local.element_size(), 1))
+        return [
+            (torch.Size((self.offsets[0] + r, *self.offsets[1:])), local[r : r + rows])
+            for r in range(0, local.shape[0], rows)
+        ]
+
     def __create_write_items__(self, fqn: str, obj: object) -> list[WriteItem]:
-        chunk = ChunkStorageMetadata(self.offsets, self.local.shape)
         properties = TensorProperties.create_from_tensor(self.local)
-        data = TensorWriteData(chunk=chunk, properties=properties, size=self.shape)
-        return [WriteItem(index=MetadataIndex(fqn, self.offsets), type=WriteItemType.SHARD, tensor_data=data)]
+        return [
+            WriteItem(
+                index=MetadataIndex(fqn, offsets),
+                type=WriteItemType.SHARD,
+                tensor_data=TensorWriteData(ChunkStorageMetadata(offsets, piece.shape), properties, self.shape),
+            )
+            for offsets, piece in self.pieces()
+        ]
 
     def __create_chunk_list__(self) -> list[ChunkStorageMetadata]:
-        return [ChunkStorageMetadata(self.offsets, self.local.shape)]
+        return [ChunkStorageMetadata(offsets, piece.shape) for offsets, piece in self.pieces()]
 
     def __get_tensor_shard__(self, index: MetadataIndex) -> Tensor:
-        return self.local
+        return next(piece for offsets, piece in self.pieces() if offsets == torch.Size(index.offset))
 
 
 def _local(value: Tensor) -> Tensor:
@@ -81,9 +100,11 @@ def _local(value: Tensor) -> Tensor:
 
 def _as_block(value: Tensor, where: tuple[tuple[int, ...], tuple[int, ...]] | None, param: Tensor) -> Tensor:
     """A parameter's tensor (or its optimizer state) as the block of the one-device tensor it is:
-    the parameter's shape -> its block; one value per row -> that block of rows; else as it is."""
+    the parameter's shape -> its block; one value per row -> that block of rows; else as it is. A
+    whole tensor above CHUNK_BYTES is a block at the origin (DCP then saves it in chunks)."""
     if where is None:
-        return value
+        big = value.dim() > 0 and value.numel() * value.element_size() > CHUNK_BYTES
+        return TensorBlock(value, (0,) * value.dim(), tuple(value.shape)) if big else value
     offsets, shape = where
     if value.shape == param.shape:
         return TensorBlock(value, offsets, shape)
@@ -244,7 +265,7 @@ def export_sharded(location: Path, out_dir: Path) -> Path:
     """Write a DCP checkpoint as the one-device DIR/model.pt, chunk by chunk (run on one rank, no
     collective): first the file's skeleton (every tensor's shape, no bytes), then each chunk the
     ranks saved, loaded alone and written at its place in the file, so that the exporting rank
-    holds at most EXPORT_BYTES of small chunks or one big chunk (one rank's shard) at a time."""
+    holds at most EXPORT_BYTES of chunks (or one chunk, of at most CHUNK_BYTES) at a time."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 

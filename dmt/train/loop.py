@@ -12,6 +12,7 @@ global-batch gradients (see `dmt verify`).
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,5 +147,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     if t.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     runlog.close(summary)
-    ckpt.export(t.topo, out)
+    topo = t.topo
+    del t, recorder  # the export reads the checkpoint back chunk by chunk: this rank's copy goes first
+    gc.collect()  # (the gradient hooks hold the model in reference cycles)
+    ckpt.export(topo, out)
     return summary
