@@ -194,11 +194,15 @@ def test_auto_tables_are_cut_until_every_rank_fits():
         fit_workload(workload, layout, "flat", {**kinds, "t0": "table"}, budget(big / 2))
     line = str(e.value)
     assert "\n" not in line and line.startswith("the flat plan does not fit: rank ")
-    assert "t0 [40,000 x 16] whole" in line and "> dist.memory_gb=0.389 (runtime 388.0 MB, table 2.6 MB" in line
+    runtime = f"runtime {RUNTIME_BYTES['cpu'] / 1e6:.1f} MB, table 2.6 MB"
+    assert (
+        "t0 [40,000 x 16] whole" in line
+        and f"> dist.memory_gb={budget(big / 2).bytes_per_rank / 1e9:.3f} ({runtime}" in line
+    )
 
 
 def test_train_refuses_a_plan_beyond_the_budget_before_any_rank_starts(tmp_path, capsys):
-    """A 200,000-row table on 2x2 with 0.395 GB per rank (the runtime alone is 0.388): whole it
+    """A 200,000-row table on 2x2 with 0.437 GB per rank (the runtime alone is 0.430): whole it
     does not fit (refused in the launching process, one line); "auto" cuts it over the world."""
     from dmt.cli import main
     from dmt.config import load_config
@@ -207,7 +211,7 @@ def test_train_refuses_a_plan_beyond_the_budget_before_any_rank_starts(tmp_path,
 
     config = "dmt/configs/synthetic_dlrm.toml"
     settings = [
-        "dist.memory_gb=0.395",
+        "dist.memory_gb=0.437",
         "data.synthetic.group_sizes=[1, 1]",
         "data.synthetic.group_pooling=[1.0, 1.0]",
         "data.synthetic.shared_tables=0",
@@ -216,7 +220,7 @@ def test_train_refuses_a_plan_beyond_the_budget_before_any_rank_starts(tmp_path,
     argv = ["train", "--config", config, "--nproc", "4", "--ranks-per-host", "2", "--set", *settings]
     assert main([*argv, 'model.table_sharding={"*" = "table"}', "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("dmt: error: the flat plan does not fit: rank 1 would hold 0.402 GB > dist.memory_gb=0.395")
+    assert err.startswith("dmt: error: the flat plan does not fit: rank 1 would hold 0.444 GB > dist.memory_gb=0.437")
     assert "t01 [200,000 x 16] whole" in err and "\n" not in err and not (tmp_path / "summary.json").exists()
 
     cfg = load_config(config, settings)

@@ -163,7 +163,10 @@ def main() -> None:
         "memory_gb": args.memory_gb,
         "steps": args.steps,
         "overrides": overrides,
-        "refused": {"exit_code": refused.returncode, "stderr": refused.stderr.strip().splitlines()[-1:]},
+        "refused": {
+            "exit_code": refused.returncode,
+            "stderr": [line for line in refused.stderr.splitlines() if line.startswith("dmt: error:")],
+        },
         "sharding": summary["sharding"],
         "planned_sharding": sharding,
         "examples_per_s": summary["examples_per_s"],

@@ -26,11 +26,12 @@ from dmt.cost.traffic import FLOAT_BYTES, ModeTraffic
 
 DENSE_OPTIMIZER_FLOATS = {"adam": 2, "adagrad": 1}
 EMBEDDING_OPTIMIZER_FLOATS_PER_ROW = {"rowwise_adagrad": 1, "sgd": 0}
-# One rank process before any model or data: torch, dmt and the process groups. CPU + gloo: the
-# emulated benchmark's calibration measures 0.36-0.38 GiB per rank (benchmarks/emulated/results.json,
-# runtime_rss_bytes). CUDA: the context and NCCL's buffers on the device, an assumption (not
-# measured here): set dist.memory_gb with room for it.
-RUNTIME_BYTES = {"cpu": 370 * 2**20, "cuda": 1024 * 2**20}
+# One rank process beside its model state. CPU + gloo: torch, dmt and the process groups take
+# 0.36-0.38 GiB (benchmarks/emulated calibration, runtime_rss_bytes), and a `dmt train` rank whose
+# model state is negligible peaks at 0.40 GiB once built (benchmarks/scale, startup_peak_rss_bytes):
+# the training loop's imports, a data source, the planner. CUDA: the context and NCCL's buffers on
+# the device, an assumption (not measured here): set dist.memory_gb with room for it.
+RUNTIME_BYTES = {"cpu": 410 * 2**20, "cuda": 1024 * 2**20}
 
 
 @dataclass(frozen=True)
