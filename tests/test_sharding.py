@@ -276,6 +276,28 @@ def _counts(cfg, topo: Topology, variants) -> dict:
     return out
 
 
+def test_dmt_plan_ranks_plans_that_fit_and_names_their_sharding(tmp_path, capsys):
+    """A 50M-row table (3.2 GB) on 2 x 2 H100 with 4 GB per GPU (1 GiB of it the CUDA runtime): every
+    candidate cuts it; forced whole, nothing fits and `dmt plan` says why in one line."""
+    from dmt.cli import main
+
+    big = ["data.synthetic.cardinalities=[100, 100, 100, 50000000]", "data.synthetic.group_sizes=[2, 2]"]
+    big += ["data.synthetic.group_pooling=[1.0, 1.0]", "data.synthetic.shared_tables=0"]
+    big += ['model.towers_file=""', "model.num_towers=2"]
+    argv = ["plan", "--preset", "h100", "--hosts", "2", "--ranks-per-host", "2", "--config", DLRM]
+    argv += ["--max-compression-ratio", "2", "--out", str(tmp_path / "plan.json"), "--set", *big]
+    assert main([*argv, "dist.memory_gb=4"]) == 0
+    payload = json.loads((tmp_path / "plan.json").read_text())
+    best = payload["recommended"]
+    assert best["step_s"] == min(c["step_s"] for c in payload["candidates"] if "error" not in c)
+    cut = {t: how for t, how in best["sharding"].items() if not how.startswith("table ")}
+    assert list(cut) == ["t03"] and cut["t03"].startswith("row x2 over ranks")
+    assert payload["flat"]["fits_memory"] and "cut into shards:" in capsys.readouterr().out
+    assert main([*argv, "dist.memory_gb=4", 'model.table_sharding={"*" = "table"}']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dmt: error: no tower layout fits this config: the sptt plan does not fit: rank ")
+
+
 # ---- sharded runs equal one device and the cost model ------------------------------------------
 
 VARIANTS = [  # config, overrides: every kind, both dataflows, both families, both Tower Modules
