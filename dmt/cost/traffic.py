@@ -31,7 +31,8 @@ SPTT, rank (h, l), R = H * B samples per rail:
     (4) "intra", q = "intra_pooled", B_s = R
     (6) "peer", q = "peer_pooled", B_s = B, w_g = sum of host g's Tower Module output widths
 Flat "table_row" tables take (1), (2), (4) and (6) too, host g serving the features of the tables
-it holds and returning their widths in (6).
+it holds and returning their widths in (6); when every table is "table_row", the "global"
+exchange does not run at all.
 
 Dense gradient all-reduce (dmt/distributed/gradsync.py, one bucket per group), payload 4 bytes per
 parameter: flat: head + every Tower Module over the world; SPTT: head over the world, host h's
@@ -313,9 +314,11 @@ def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     layout, w = plan.layout, workload
     two_hop = plan.host_path_features([f.name for f in w.features])
     features = [f.name for f in w.features if f.name not in two_hop]
-    n, p, width = _served(plan, w, features)
-    world = _group("global", list(range(layout.world)), layout)
-    phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, width, _id_bytes(plan), w.weighted)
+    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
+    if features:  # (every table "table_row": nothing goes over the world)
+        n, p, width = _served(plan, w, features)
+        world = _group("global", list(range(layout.world)), layout)
+        phases = _exchange(world, "ids", "pooled", w.batch_size, n, p, width, _id_bytes(plan), w.weighted)
     if two_hop:
         widths = w.widths
         on_host = [[f for f in two_hop if plan.table_host(plan.feature_table[f]) == g] for g in range(layout.hosts)]

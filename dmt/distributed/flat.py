@@ -11,7 +11,8 @@ Every collective spans the whole world and so crosses hosts.
 
 Tables cut "table_row" (rows over the ranks of one host g) take SPTT's two hops instead
 (`host_path`): ids to the rail peer on g, inside g to the row shards, the partial sums added on
-the rail peer, so that ids and pooled rows cross hosts once.
+the rail peer, so that ids and pooled rows cross hosts once. With every table "table_row", (1) and
+(3) do not run.
 
 Gradients: the pooled rows' gradient is divided by W on its way back into (3) (by L inside the
 host and by H across hosts on the two-hop path), so that each table owner sums the global batch's
@@ -35,7 +36,9 @@ def flat_forward(sm, dense: Tensor, sparse: KeyedJagged) -> Tensor:
     two_hop = plan.host_path_features()
     features = [f for f in model.feature_names if f not in two_hop]
     served = [plan.units_served_by(r, features) for r in range(plan.layout.world)]
-    per_feature = group_lookup(sm, sm.world_ex, sparse, features, served, ("ids", "pooled"), 1 / plan.layout.world)
+    per_feature = {}
+    if features:  # (every table "table_row": nothing goes over the world)
+        per_feature = group_lookup(sm, sm.world_ex, sparse, features, served, ("ids", "pooled"), 1 / plan.layout.world)
     if two_hop:
         per_feature.update(host_path(sm, sparse, two_hop))
     timer = sm.timer
