@@ -10,7 +10,8 @@ What this package exports is its public API; everything else is internal.
     models       MultiTowerModel, ModelInputs, check_model,    the model contract, and the
                  DLRM, DLRMHead, DCN, DCNHead                  built-in families
     topology     Layout, Topology                              hosts x ranks and process groups
-    sharding     plan, ShardingPlan, shard, ShardedModel       one call from one device to many
+    sharding     plan, ShardingPlan, shard, ShardedModel,      one call from one device to many;
+                 MemoryBudget                                  tables cut to fit (docs/sharding.md)
     training     RowWiseAdagrad, verify, UserError             the tables' optimizer; sharded ==
                                                                one device
 
@@ -59,6 +60,7 @@ _EXPORTS = {
     "ShardingPlan": "dmt.distributed.plan",
     "shard": "dmt.distributed.sharded",
     "ShardedModel": "dmt.distributed.sharded",
+    "MemoryBudget": "dmt.cost.fit",
     "RowWiseAdagrad": "dmt.train.optim",
     "verify": "dmt.verification",
     "UserError": "dmt.errors",

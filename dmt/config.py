@@ -17,6 +17,7 @@ from typing import Any, Literal, get_args, get_type_hints
 import dacite
 
 from dmt.errors import UserError
+from dmt.specs import SHARDING_CHOICES
 
 
 @dataclass
@@ -85,6 +86,9 @@ class ModelConfig:
     options: dict[str, Any] = field(default_factory=dict)  # free-form settings for a user's model builder
     embedding_dim: int = 16
     embedding_dims: dict[str, int] = field(default_factory=dict)  # per-table widths, overriding embedding_dim
+    # table -> "table" | "row" | "column" | "row_column" | "table_row" | "auto" (dmt/distributed/shards.py);
+    # "*" for every table not named; default "auto": whole unless a rank would exceed dist.memory_gb
+    table_sharding: dict[str, str] = field(default_factory=dict)
     pooling: Literal["sum", "mean"] = "mean"
     bottom_mlp: list[int] = field(default_factory=lambda: [64, 16])
     top_mlp: list[int] = field(default_factory=lambda: [128, 64])
@@ -143,6 +147,9 @@ class DistConfig:
     fp16_grad_scale: float = 1024.0  # fp16 gradients are multiplied by this on the wire (and divided after)
     allreduce_precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # the dense gradients' all-reduce
     dedup_ids: bool = False  # ids travel once per feature and message (unique ids + inverse index), bit-packed
+    # memory per rank the planner fits the tables into, GB (1e9 bytes); 0: the device's memory (CUDA),
+    # or this machine's memory shared by its ranks (CPU)
+    memory_gb: float = 0.0
 
 
 @dataclass
@@ -277,6 +284,9 @@ def validate(cfg: Config) -> None:
     _positive("model.embedding_dim", m.embedding_dim)
     for table, dim in m.embedding_dims.items():
         _positive(f"model.embedding_dims.{table}", dim)
+    for table, kind in m.table_sharding.items():
+        if kind not in SHARDING_CHOICES:
+            raise UserError(f"model.table_sharding.{table} is {kind!r}; allowed: {', '.join(SHARDING_CHOICES)}")
     if m.compression_ratio < 1:
         raise UserError(f"model.compression_ratio must be >= 1, got {m.compression_ratio}")
     for r in m.tower_compression_ratios:
@@ -327,6 +337,8 @@ def validate(cfg: Config) -> None:
     if cfg.dist.ranks_per_host < 0:
         raise UserError(f"dist.ranks_per_host must be >= 0, got {cfg.dist.ranks_per_host}")
     _positive("dist.fp16_grad_scale", cfg.dist.fp16_grad_scale)
+    if cfg.dist.memory_gb < 0:
+        raise UserError(f"dist.memory_gb must be >= 0 (0: automatic), got {cfg.dist.memory_gb}")
 
 
 def _validate_files(d: DataConfig) -> None:

@@ -18,6 +18,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 POOLINGS = ("sum", "mean")
+# how a table is held across ranks (dmt/distributed/shards.py); "auto": the planner decides
+SHARDINGS = ("table", "row", "column", "row_column", "table_row")
+SHARDING_CHOICES = (*SHARDINGS, "auto")
 
 
 @dataclass(frozen=True)

@@ -196,13 +196,14 @@ def test_memory_of_a_tiny_flat_model_by_hand():
     assert mt.plan.table_owner == {"t0": 0, "t1": 1, "t2": 0}  # LPT, equal costs, ties to rank 0
     mem = {m.rank: m for m in rank_memory(mt, "rowwise_adagrad", "adam")}
     head = 61 * 4 * (1 + 1 + 2)  # weights, gradients, two Adam moments
-    # rank 0 serves f0 and f2 (w = 8): pooled send W * B * 8 * 4 = 512, receive B * 12 * 4 = 384
+    # rank 0 serves f0 and f2 (w = 8): pooled send W * B * 8 * 4 = 512, receive B * 12 * 4 = 384; the
+    # forward's pooled exchange is also what the graph keeps until the backward (activations)
     expected = {0: (40 * 16, 40 * 4, head, 512 + 384), 1: (20 * 16, 20 * 4, head, 256 + 384)}
     for r, (tables, optim, dense, buffers) in expected.items():
         m = mem[r]
         assert (m.table_bytes, m.embedding_optimizer_bytes, m.dense_head_bytes) == (tables, optim, dense)
-        assert (m.tower_module_bytes, m.comm_buffer_bytes) == (0, buffers)
-        assert m.total_bytes == tables + optim + dense + buffers
+        assert (m.tower_module_bytes, m.comm_buffer_bytes, m.activation_bytes) == (0, buffers, buffers)
+        assert m.total_bytes == tables + optim + dense + 2 * buffers
     sgd = rank_memory(mt, "sgd", "adagrad")[0]
     assert (sgd.embedding_optimizer_bytes, sgd.dense_head_bytes) == (0, 61 * 4 * 3)
 

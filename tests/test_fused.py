@@ -80,13 +80,20 @@ def test_fbgemm_needs_widths_in_multiples_of_four():
 def _verify_fused(cfg, topo) -> dict:
     from dmt.verification import verify_rank
 
+    runs = {
+        "flat": ["dist.mode=flat"],
+        "sptt": ["dist.mode=sptt"],
+        # shards are tables of their own to the kernel: row shards, and column shards with fused SGD
+        "flat row": ["dist.mode=flat", 'model.table_sharding={"*"="row"}'],
+        "flat column": ["dist.mode=flat", 'model.table_sharding={"*"="column"}', "train.embedding_optimizer=sgd"],
+    }
     return {
-        mode: verify_rank(small_config(DLRM, f"dist.mode={mode}", "model.embedding_backend=fbgemm"), topo, 3)
-        for mode in ("flat", "sptt")
+        name: verify_rank(small_config(DLRM, *overrides, "model.embedding_backend=fbgemm"), topo, 3)
+        for name, overrides in runs.items()
     }
 
 
 def test_sharded_fbgemm_equals_one_device():
-    """Each rank's kernel batches the tables it holds (a subset: tables of its own to the kernel)."""
+    """Each rank's kernel batches the tables and shards it holds (each a table of its own to the kernel)."""
     results = run_ranks(2, 1, _verify_fused, small_config())[0]
     assert all(max(d.values()) <= TOLERANCE for d in results.values()), results

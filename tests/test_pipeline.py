@@ -13,6 +13,14 @@ RUNS = {
     "flat": [DLRM, "dist.mode=flat", 'model.towers_file=""', "model.tower_module=identity"],
     # SPTT with compression, bf16 exchanges and deduplicated ids: the pipeline routes whatever the wire carries
     "sptt": [DLRM, "dist.mode=sptt", "dist.comm_precision=bf16", "dist.dedup_ids=true"],
+    # tables cut into shards (row, column and flat's two-hop table_row): the units are routed ahead too
+    "flat sharded": [
+        DLRM,
+        "dist.mode=flat",
+        "dist.dedup_ids=true",
+        'model.table_sharding={"*"="row", t00="column", t01="table_row"}',
+    ],
+    "sptt sharded": [DLRM, "dist.mode=sptt", 'model.table_sharding={"*"="row", t00="column"}'],
 }
 
 

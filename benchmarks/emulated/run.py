@@ -1,9 +1,10 @@
 """Measured speed on an emulated cluster (needs root): flat, SPTT (CR 1) and SPTT + Tower Modules
 (CR 2, 4, 8), each with fp32 and bf16 exchanges (pooled rows, their gradients and the dense
 all-reduce), serial and pipelined, ids deduplicated; plus each model with plain fp32 ids and a
-serial step (the runs before deduplication, pipelining and bf16). On 2 hosts x 2 ranks and 4 hosts
-x 1 rank, cross-host links shaped with tbf, each beside the cost model's prediction for the same
-emulated topology. One run of the script produces every row.
+serial step (the runs before deduplication, pipelining and bf16), and flat with every table cut
+row-wise (over the world, and over one host: table_row) and SPTT CR 1 with row-wise tables.
+On 2 hosts x 2 ranks and 4 hosts x 1 rank, cross-host links shaped with tbf, each beside the cost
+model's prediction for the same emulated topology. One run of the script produces every row.
 
     .venv/bin/python -m benchmarks.emulated.run [--mbit 100] [--steps 200] [--only SUBSTRING]
 
@@ -56,6 +57,11 @@ MODELS = [  # name, cost-model mode, compression ratio, overrides
         for cr in (2, 4, 8)
     ],
 ]
+SHARDED = [  # name, cost-model mode, overrides: every table row-wise over the world, over one host, inside SPTT's host
+    ("flat row", "flat", [*MODELS[0][3], 'model.table_sharding={"*"="row"}']),
+    ("flat table_row", "flat", [*MODELS[0][3], 'model.table_sharding={"*"="table_row"}']),
+    ("sptt cr1 row", "sptt", [*MODELS[1][3], 'model.table_sharding={"*"="row"}']),
+]
 PRECISIONS = {"fp32": "fp32", "bf16": "bf16"}
 
 
@@ -89,6 +95,17 @@ RUNS = [  # name, model, cost-model mode, compression ratio, overrides, (precisi
             ("fp32", False, False),
         )
         for m, mode, ratio, ov in MODELS
+    ],
+    *[  # tables cut into row shards (issue 12), fp32 serial with deduplicated ids like the grid's first rows
+        (
+            run_name(m, "fp32", False, True),
+            m,
+            mode,
+            None,
+            [*ov, *wire_settings("fp32", False, True)],
+            ("fp32", False, True),
+        )
+        for m, mode, ov in SHARDED
     ],
 ]
 

@@ -79,7 +79,7 @@ def rank_compute(
     if cluster.peak_tflops is None or cluster.memory_gbps is None:
         return []
     plan, w = traffic.plan, traffic.workload
-    layout, shape, d = plan.layout, w.shape, w.dim
+    layout, shape = plan.layout, w.shape
     pf = {f.name: f.pooling_factor for f in w.features}
     samples = layout.world * w.batch_size  # every rank serves its tables for W x B samples
     flops_s = 1.0 / (cluster.peak_tflops * 1e12 * cluster.dense_efficiency)
@@ -87,11 +87,18 @@ def rank_compute(
     ops = ops or OpCounts()
     share = cluster.cores_shared
     out = []
+    specs = {f.name: f for f in w.features}
     for r, fwd_flops in enumerate(rank_flops(traffic)):
-        served = [f for f, table in plan.feature_table.items() if plan.table_owner[table] == r]
-        ids = samples * sum(pf[f] for f in served)
-        rows = ids * d * FLOAT_BYTES
-        pooled = samples * len(served) * d * FLOAT_BYTES
+        rows = pooled = 0.0  # bytes of the table rows read and of the pooled rows written
+        for f, table in plan.feature_table.items():  # whole tables and shards (a row shard: its share of the ids)
+            pieces = [
+                (s.num_rows / specs[f].num_embeddings, s.width) for s in plan.shards.get(table, ()) if s.rank == r
+            ]
+            if table not in plan.shards and plan.table_owner[table] == r:
+                pieces = [(1.0, w.width(specs[f]))]
+            for share_of_ids, width in pieces:
+                rows += samples * pf[f] * share_of_ids * width * FLOAT_BYTES
+                pooled += samples * width * FLOAT_BYTES
         head = w.batch_size * shape.head_flops
         towers = fwd_flops - head
         held = range(len(shape.towers)) if plan.mode == "flat" else plan.towers_on(layout.host_of(r))

@@ -5,8 +5,11 @@
     sptt_tm  SPTT with the config's Tower Modules and compression ratio
 
 Towers for the SPTT modes: the config's (model.towers, towers_file or num_towers) when there are
-at least as many as hosts, else the feature order cut into one equal chunk per host. Byte counts
-are the mean over ranks (as a run's summary reports them); times follow timing.py.
+at least as many as hosts, else the feature order cut into one equal chunk per host. Tables are
+sharded as model.table_sharding says, "auto" ones fitted to the memory per GPU (dist.memory_gb,
+else the preset's memory_gb; dmt/cost/fit.py): a mode that cannot fit keeps its tables whole and
+says why in "memory_problem". Byte counts are the mean over ranks (as a run's summary reports
+them); times follow timing.py.
 """
 
 from __future__ import annotations
@@ -17,11 +20,12 @@ from pathlib import Path
 
 from dmt.config import Config
 from dmt.cost.compute import OpCounts
-from dmt.cost.memory import RankMemory, memory_summary, rank_memory
+from dmt.cost.fit import GB, MemoryBudget, fit_workload
+from dmt.cost.memory import RUNTIME_BYTES, RankMemory, memory_summary, rank_memory
 from dmt.cost.presets import Cluster
 from dmt.cost.step import StepTiming, step_timing
 from dmt.cost.timing import ModeTiming, TimingModel, mode_timing
-from dmt.cost.traffic import ModeTraffic, traffic
+from dmt.cost.traffic import ModeTraffic, make_plan, traffic
 from dmt.cost.workload import (
     ModelShape,
     Workload,
@@ -34,6 +38,7 @@ from dmt.cost.workload import (
     tower_model_config,
     wire_widths,
 )
+from dmt.distributed.plan import ShardingPlan, requested_kinds
 from dmt.distributed.topology import Layout
 from dmt.errors import UserError
 from dmt.figures import save_figure
@@ -50,6 +55,7 @@ class ModeEstimate:
     timing: ModeTiming
     memory: list[RankMemory] | None = None
     step: StepTiming | None = None  # end to end, when the cluster has compute rates
+    memory_problem: str | None = None  # why the plan does not fit the memory per GPU (None: it fits)
 
     @property
     def step_s(self) -> float | None:
@@ -64,6 +70,8 @@ class ModeEstimate:
     def summary(self) -> dict:
         mean = self.traffic.mean()
         out = {
+            "sharding": self.traffic.plan.table_summary(),
+            "fits_memory": self.memory_problem is None,
             "comm_s": self.timing.comm_s,
             "cross_host_bytes": mean["cross_host_bytes"],
             "intra_host_bytes": mean["intra_host_bytes"],
@@ -81,6 +89,8 @@ class ModeEstimate:
         }
         if self.memory is not None:
             out["memory"] = memory_summary(self.memory)
+        if self.memory_problem is not None:
+            out["memory_problem"] = self.memory_problem
         return out
 
 
@@ -127,18 +137,42 @@ class Estimator:
         return equal_towers(self.names, hosts), "equal chunks, one per host"
 
     def workload(self, shape: ModelShape) -> Workload:
-        """The config's batch, widths on the wire and (dist.dedup_ids) id statistics."""
-        t, d = self.cfg.train, self.cfg.dist
+        """The config's batch, widths (per table and on the wire) and (dist.dedup_ids) id statistics."""
+        t, d, m = self.cfg.train, self.cfg.dist, self.cfg.model
         if d.dedup_ids and self._ids is None:
             self._ids = id_statistics(self.cfg.data)
         return Workload(
             tuple(self.features),
             shape,
-            self.cfg.model.embedding_dim,
+            m.embedding_dim,
             t.batch_size,
             **wire_widths(d),
             ids=self._ids if d.dedup_ids else None,
+            dims=m.embedding_dims or None,
         )
+
+    def budget(self) -> MemoryBudget | None:
+        """Memory per GPU: dist.memory_gb, else the preset's; None when neither is known."""
+        gb = self.cfg.dist.memory_gb or self.cluster.memory_gb
+        if not gb:
+            return None
+        t = self.cfg.train
+        runtime = RUNTIME_BYTES["cpu" if self.cluster.name == "emulated" else "cuda"]
+        return MemoryBudget(gb * GB, t.batch_size, t.embedding_optimizer, t.dense_optimizer, runtime)
+
+    def sharding(self, mode: str, workload: Workload, layout: Layout) -> tuple[ShardingPlan, str | None]:
+        """-> (the plan a run of `mode` would use, why it does not fit or None)."""
+        plan_mode = "flat" if mode == "flat" else "sptt"
+        tables = list(dict.fromkeys(f.table for f in self.features))
+        kinds = requested_kinds(tables, self.cfg.model.table_sharding, plan_mode)
+        whole = {t: "table" if k == "auto" else k for t, k in kinds.items()}
+        budget = self.budget()
+        if budget is None:
+            return make_plan(mode, workload, layout, whole), None
+        try:
+            return fit_workload(workload, layout, plan_mode, kinds, budget)[0], None
+        except UserError as e:
+            return make_plan(mode, workload, layout, whole), str(e)
 
     # ---- estimates --------------------------------------------------------------------------
 
@@ -146,12 +180,14 @@ class Estimator:
         self, mode: str, shape: ModelShape, layout: Layout, memory: bool = True, ops: OpCounts | None = None
     ) -> ModeEstimate:
         """ops: the operators a rank's step launches, for a cluster that charges them (op_s > 0)."""
-        tr = traffic(mode, self.workload(shape), layout)
+        workload = self.workload(shape)
+        sharding, problem = self.sharding(mode, workload, layout)
+        tr = traffic(mode, workload, layout, sharding)
         timing = mode_timing(tr, self.cluster, self.model, pipelined=self.cfg.train.pipeline)
         t = self.cfg.train
         mem = rank_memory(tr, t.embedding_optimizer, t.dense_optimizer) if memory else None
         step = step_timing(tr, timing, self.cluster, ops, t.dense_optimizer)
-        return ModeEstimate(mode, tr, timing, mem, step)
+        return ModeEstimate(mode, tr, timing, mem, step, problem)
 
     def modes(self, layout: Layout, strict: bool = True, memory: bool = True) -> dict[str, ModeEstimate]:
         towers, _ = self.towers_for(layout.hosts, strict)

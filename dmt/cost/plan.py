@@ -6,9 +6,13 @@ Candidates on H hosts x L ranks:
     CR       1, 2, 4, ... <= --max-compression-ratio; CR 1 is SPTT with identity Tower Modules,
              CR > 1 the config's Tower Module (model.tower_module) with that ratio
 
-Each candidate is ranked by its predicted communication seconds per step (timing.py), against the
-flat baseline on the same cluster. The compression ratio is the knob that trades model quality
-for speed: the search only respects the bound it is given, it does not predict AUC.
+Each candidate's tables are sharded as model.table_sharding says, "auto" ones fitted to the
+memory per GPU (dmt/cost/fit.py); candidates that do not fit are skipped, with the line that
+says which rank would hold what. The rest are ranked by their predicted step seconds (timing.py;
+communication seconds when the preset has no compute rate), against the flat baseline on the
+same cluster, and the recommended one's sharding is printed per table. The compression ratio is
+the knob that trades model quality for speed: the search only respects the bound it is given, it
+does not predict AUC.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ def plan_report(
             except UserError as e:  # e.g. a cut that splits a shared table
                 candidates.append({"towers_per_host": per_host, "compression_ratio": cr, "error": str(e)})
                 continue
+            if run.memory_problem is not None:
+                candidates.append({"towers_per_host": per_host, "compression_ratio": cr, "error": run.memory_problem})
+                continue
             mean = run.traffic.mean()
             t = run.timing
             candidates.append(
@@ -77,12 +84,13 @@ def plan_report(
                     "messages": mean["messages"],
                     "speedup_comm": flat.timing.comm_s / t.comm_s if t.comm_s > 0 else None,
                     "speedup_step": flat.step_s / run.step_s if run.step_s else None,
+                    "sharding": run.traffic.plan.table_summary(),
                 }
             )
     ok = [c for c in candidates if "error" not in c]
     if not ok:
         raise UserError("no tower layout fits this config: " + "; ".join(c["error"] for c in candidates))
-    best = min(ok, key=lambda c: (c["comm_s"], c["compression_ratio"], c["towers_per_host"]))
+    best = min(ok, key=lambda c: (c["step_s"] or c["comm_s"], c["compression_ratio"], c["towers_per_host"]))
     flat_mean = flat.traffic.mean()
     return {
         "preset": cluster.name,
@@ -95,6 +103,9 @@ def plan_report(
             "cross_host_bytes": flat_mean["cross_host_bytes"],
             "intra_host_bytes": flat_mean["intra_host_bytes"],
             "messages": flat_mean["messages"],
+            "sharding": flat.traffic.plan.table_summary(),
+            "fits_memory": flat.memory_problem is None,
+            **({"memory_problem": flat.memory_problem} if flat.memory_problem else {}),
         },
         "candidates": candidates,
         "recommended": best,
@@ -123,3 +134,10 @@ def print_plan(payload: dict) -> None:
         f"{b['speedup_comm']:.2f}x less communication time than flat"
         + (f", {b['speedup_step']:.2f}x step" if b["speedup_step"] else "")
     )
+    if not payload["flat"]["fits_memory"]:
+        print(f"flat baseline: {payload['flat']['memory_problem']}")
+    cut = {t: how for t, how in b["sharding"].items() if not how.startswith("table ")}
+    whole = len(b["sharding"]) - len(cut)
+    print(f"sharding (recommended): {whole} table(s) whole on one rank each" + (", cut into shards:" if cut else ""))
+    for table, how in cut.items():
+        print(f"  {table:>12}  {how}")

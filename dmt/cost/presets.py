@@ -1,12 +1,13 @@
-"""Cluster presets: per-GPU bandwidths (one direction), latencies and the compute side of a GPU.
+"""Cluster presets: per-GPU bandwidths (one direction), latencies, memory and the compute side of a GPU.
 
-    preset  intra-host fabric (achieved)          NIC per GPU            peak dense bf16   HBM
-    v100    NVLink2 cube mesh, 150 line -> 80 GB/s 6.25 GB/s (EDR)       125 TFLOP/s (fp16) 900 GB/s
-    a100    NVLink3 300 line -> 235 GB/s          25 GB/s (HDR)          312 TFLOP/s       2039 GB/s
-    h100    NVLink4 450 line -> 370 GB/s          48 GB/s (NDR 400 Gbit/s, 48-49 measured)  989 TFLOP/s  3350 GB/s
+    preset  intra-host fabric (achieved)          NIC per GPU            peak dense bf16   HBM         memory
+    v100    NVLink2 cube mesh, 150 line -> 80 GB/s 6.25 GB/s (EDR)       125 TFLOP/s (fp16) 900 GB/s   32 GB
+    a100    NVLink3 300 line -> 235 GB/s          25 GB/s (HDR)          312 TFLOP/s       2039 GB/s  80 GB
+    h100    NVLink4 450 line -> 370 GB/s          48 GB/s (NDR, 48-49 measured) 989 TFLOP/s  3350 GB/s  80 GB
 
 Sources and reasoning are in docs/cost_model.md: NVIDIA's V100 / A100 (80 GB) / H100 SXM
-datasheets for the line rates, peak tensor-core rates and memory bandwidths; the achieved NVLink
+datasheets for the line rates, peak tensor-core rates, memory bandwidths and sizes (V100 SXM2
+32 GB, A100 and H100 SXM 80 GB, taken as 1e9-byte GB); the achieved NVLink
 all-to-all rates are 80% of the line rate (H100, A100) and about 55% on V100, whose cube mesh
 links each GPU directly to 4 of its 7 peers, so that an all-to-all sends about 3/7 of its bytes
 over two hops. Latencies: about 4 us for an NCCL send/recv inside a node, about 25 us for a small
@@ -53,6 +54,7 @@ class Cluster:
     op_s: float = 0.0  # host seconds per operator launched (0: hidden behind the device)
     data_s_per_sample: float = 0.0  # making the batch (0: a loader prefetches it)
     cores_shared: float = 1.0  # ranks taking turns on one core (the emulator on a small machine)
+    memory_gb: float | None = None  # memory per GPU the planner fits tables into; None: no limit known
 
     def __post_init__(self) -> None:
         for key in ("intra_gbps", "nic_gbps"):
@@ -79,12 +81,14 @@ class Cluster:
                 raise UserError(f"cluster {key} must be >= 0, got {getattr(self, key)}")
         if self.cores_shared < 1:
             raise UserError(f"cluster cores_shared must be >= 1, got {self.cores_shared}")
+        if self.memory_gb is not None and self.memory_gb <= 0:
+            raise UserError(f"cluster memory_gb must be > 0 or unset, got {self.memory_gb}")
 
 
 PRESETS: dict[str, Cluster] = {
-    "v100": Cluster("v100", intra_gbps=80.0, nic_gbps=6.25, peak_tflops=125.0, memory_gbps=900.0),
-    "a100": Cluster("a100", intra_gbps=235.0, nic_gbps=25.0, peak_tflops=312.0, memory_gbps=2039.0),
-    "h100": Cluster("h100", intra_gbps=370.0, nic_gbps=48.0, peak_tflops=989.0, memory_gbps=3350.0),
+    "v100": Cluster("v100", intra_gbps=80.0, nic_gbps=6.25, peak_tflops=125.0, memory_gbps=900.0, memory_gb=32.0),
+    "a100": Cluster("a100", intra_gbps=235.0, nic_gbps=25.0, peak_tflops=312.0, memory_gbps=2039.0, memory_gb=80.0),
+    "h100": Cluster("h100", intra_gbps=370.0, nic_gbps=48.0, peak_tflops=989.0, memory_gbps=3350.0, memory_gb=80.0),
 }
 
 
@@ -132,13 +136,14 @@ def cluster(preset: str, **overrides: float | str | None) -> Cluster:
 
 
 def parse_overrides(items: list[str]) -> dict[str, float | None]:
-    """`KEY=VALUE` strings (CLI --cluster) -> overrides for `cluster`; `peak_tflops=none` unsets it."""
+    """`KEY=VALUE` strings (CLI --cluster) -> overrides for `cluster`; `peak_tflops=none` and
+    `memory_gb=none` unset them."""
     out: dict[str, float | None] = {}
     for item in items:
         if "=" not in item:
             raise UserError(f"--cluster expects key=value, got '{item}'")
         key, text = (s.strip() for s in item.split("=", 1))
-        if key == "peak_tflops" and text.lower() == "none":
+        if key in ("peak_tflops", "memory_gb") and text.lower() == "none":
             out[key] = None
             continue
         try:

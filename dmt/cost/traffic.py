@@ -21,12 +21,21 @@ id_bytes = 4 when every table has < 2^31 rows, else 8; r = bytes per float on th
 fp32, 2 for bf16 / fp16: dist.comm_precision). Ids per sample and feature = pooling factor: exact
 when lengths are deterministic, the expectation otherwise.
 
-Flat (group "global", all W ranks, B_s = B):  p = "ids", q = "pooled", w_j = n_j * d.
+What a member serves are exchange units (dmt/distributed/shards.py): a feature of a whole
+table, or one shard of a cut table. n_j counts member j's units; a unit's ids per sample are its
+feature's pooling factor, times the share of the table's rows in a row shard (exact for ids
+spread evenly over the rows, the expectation otherwise); w_j sums its units' widths (a feature's
+d_f, a shard's columns).
+
+Flat (group "global", all W ranks, B_s = B):  p = "ids", q = "pooled".
 SPTT, rank (h, l), R = H * B samples per rail:
     (1) "peer" (H ranks with local index l), p = "peer_ids", B_s = B, served: host g's features
     (2) "intra" (the L ranks of host h), p = "intra_ids", B_s = R
-    (4) "intra", q = "intra_pooled", B_s = R, w_j = n_j * d
+    (4) "intra", q = "intra_pooled", B_s = R
     (6) "peer", q = "peer_pooled", B_s = B, w_g = sum of host g's Tower Module output widths
+Flat "table_row" tables take (1), (2), (4) and (6) too, host g serving the features of the tables
+it holds and returning their widths in (6); when every table is "table_row", the "global"
+exchange does not run at all.
 
 Dense gradient all-reduce (dmt/distributed/gradsync.py, one bucket per group), payload 4 bytes per
 parameter (2 with dist.allreduce_precision bf16 / fp16): flat: head + every Tower Module over the
@@ -36,6 +45,7 @@ nothing.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +54,7 @@ from dmt.cost.ids import message_bytes
 from dmt.cost.workload import Workload
 from dmt.distributed.plan import ShardingPlan, plan_flat, plan_sptt
 from dmt.distributed.topology import Layout
+from dmt.specs import FeatureSpec
 
 COUNT_BYTES = 16  # int64 [2] per member: (lengths, ids) counts
 DEDUP_COUNT_BYTES = 24  # int64 [3] per member: (lengths, ids, message bytes)
@@ -262,48 +273,124 @@ def _exchange(
 # ---- the two dataflows ---------------------------------------------------------------------------
 
 
-def _served(plan: ShardingPlan, workload: Workload) -> tuple[np.ndarray, np.ndarray]:
-    """Per global rank: features served and their summed pooling factors."""
-    pf = {f.name: f.pooling_factor for f in workload.features}
-    n = np.zeros(plan.layout.world)
-    p = np.zeros(plan.layout.world)
-    for f, table in plan.feature_table.items():
-        r = plan.table_owner[table]
-        n[r] += 1
-        p[r] += pf[f]
-    return n, p
+def _served(plan: ShardingPlan, workload: Workload, features: list[str]) -> tuple[np.ndarray, ...]:
+    """Per global rank, over the exchange units of `features` it serves: how many, the ids per
+    sample they get (a row shard: its share of the rows times the pooling factor, ids taken as
+    spread evenly over the rows) and the floats per sample they return (a shard: its columns)."""
+    specs = {f.name: f for f in workload.features}
+    n, p, width = (np.zeros(plan.layout.world) for _ in range(3))
+    for f in features:
+        spec, table = specs[f], plan.feature_table[f]
+        if table in plan.shards:
+            for s in plan.shards[table]:
+                n[s.rank] += 1
+                p[s.rank] += spec.pooling_factor * s.num_rows / spec.num_embeddings
+                width[s.rank] += s.width
+        else:
+            r = plan.table_owner[table]
+            n[r] += 1
+            p[r] += spec.pooling_factor
+            width[r] += workload.width(spec)
+    return n, p, width
 
 
 def _id_bytes(plan: ShardingPlan) -> int:
     return 4 if plan.max_rows < 2**31 else 8
 
 
-def _dedup(workload: Workload, features: list[list[str]], samples: np.ndarray | float) -> np.ndarray | None:
-    """With dedup_ids: the id message to each member j (its `features[j]`, `samples[j]` samples)."""
+def _dedup(workload: Workload, messages: list[list[FeatureSpec]], samples: np.ndarray | float) -> np.ndarray | None:
+    """With dedup_ids: the bytes of the id message to each member j (the units `messages[j]`, for
+    `samples[j]` samples)."""
     if workload.ids is None:
         return None
-    spec = {f.name: f for f in workload.features}
-    samples = np.broadcast_to(np.asarray(samples, dtype=np.float64), (len(features),))
+    samples = np.broadcast_to(np.asarray(samples, dtype=np.float64), (len(messages),))
     return np.array(
-        [
-            message_bytes([spec[f] for f in feats], s, workload.ids, workload.weighted)
-            for feats, s in zip(features, samples.tolist(), strict=True)
-        ]
+        [message_bytes(m, s, workload.ids, workload.weighted) for m, s in zip(messages, samples.tolist(), strict=True)]
     )
 
 
-def _features_served(plan: ShardingPlan, ranks: list[int]) -> list[list[str]]:
-    return [plan.features_served_by(r) for r in ranks]
+def _unit_specs(plan: ShardingPlan, w: Workload, features: list[str], ranks: list[int]) -> list[list[FeatureSpec]]:
+    """Per rank of `ranks`: the exchange units it serves among `features`, as an id message sees them
+    (a whole table's feature as it is; a shard of some rows: those rows, and their share of the ids).
+    The distinct ids of a row shard are estimated as those of a feature of its rows and ids (the
+    data's own law restricted to a row range is not modelled)."""
+    specs = {f.name: f for f in w.features}
+    out: dict[int, list[FeatureSpec]] = {r: [] for r in ranks}
+    for f in features:
+        spec, table = specs[f], plan.feature_table[f]
+        if table not in plan.shards:
+            if plan.table_owner[table] in out:
+                out[plan.table_owner[table]].append(spec)
+            continue
+        for k, sh in enumerate(plan.shards[table]):
+            if sh.rank in out:
+                share = sh.num_rows / spec.num_embeddings
+                out[sh.rank].append(FeatureSpec(f"{f}@{k}", table, sh.num_rows, spec.pooling_factor * share))
+    return [out[r] for r in ranks]
+
+
+def _two_hops(
+    plan: ShardingPlan, w: Workload, host_features: list[list[str]], host_width: np.ndarray
+) -> list[list[PhaseTraffic]]:
+    """SPTT steps (1), (2) and (4), (6) (and flat's "table_row" path): host g serves
+    host_features[g] and returns host_width[g] floats per sample across hosts. -> per rank."""
+    layout, b, id_bytes = plan.layout, w.batch_size, _id_bytes(plan)
+    specs = {f.name: f for f in w.features}
+    pf = {f.name: f.pooling_factor for f in w.features}
+    host_n = np.array([float(len(fs)) for fs in host_features])
+    host_p = np.array([sum(pf[f] for f in fs) for fs in host_features])
+    rail = np.where(host_n > 0, float(layout.hosts * b), 0.0)  # samples a host's ranks hold after step (1)
+    n, p, width = _served(plan, w, [f for fs in host_features for f in fs])
+    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
+    peer_ids: dict[int, list[PhaseTraffic]] = {}
+    peer_rows: dict[int, list[PhaseTraffic]] = {}
+    peer_dedup = _dedup(w, [[specs[f] for f in fs] for fs in host_features], b)
+    for local in range(layout.ranks_per_host):
+        g = _group("peer", layout.peer_ranks(local), layout)
+        ids_and_rows = _exchange(
+            g, "peer_ids", "peer_pooled", b, host_n, host_p, host_width, id_bytes, w.weighted, w.row_bytes, peer_dedup
+        )
+        for m, ph in zip(g.members, ids_and_rows, strict=True):
+            peer_ids[m], peer_rows[m] = ph[:2], ph[2:]  # counts, ids | rows, grad
+    for h in range(layout.hosts):
+        members = layout.host_ranks(h)
+        g = _group("intra", members, layout)
+        dedup = _dedup(w, _unit_specs(plan, w, host_features[h], members), rail[h])
+        ex = _exchange(
+            g,
+            "intra_ids",
+            "intra_pooled",
+            rail[h],
+            n[members],
+            p[members],
+            width[members],
+            id_bytes,
+            w.weighted,
+            w.row_bytes,
+            dedup,
+        )
+        for m, ph in zip(members, ex, strict=True):
+            phases[m] = [*peer_ids[m], *ph, *peer_rows[m]]  # forward order: (1), (2) and (4), (6)
+    return phases
 
 
 def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     layout, w = plan.layout, workload
-    n, p = _served(plan, w)
-    world = _group("global", list(range(layout.world)), layout)
-    dedup = _dedup(w, _features_served(plan, world.members), w.batch_size)
-    phases = _exchange(
-        world, "ids", "pooled", w.batch_size, n, p, n * w.dim, _id_bytes(plan), w.weighted, w.row_bytes, dedup
-    )
+    two_hop = plan.host_path_features([f.name for f in w.features])
+    features = [f.name for f in w.features if f.name not in two_hop]
+    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
+    if features:  # (every table "table_row": nothing goes over the world)
+        n, p, width = _served(plan, w, features)
+        world = _group("global", list(range(layout.world)), layout)
+        dedup = _dedup(w, _unit_specs(plan, w, features, world.members), w.batch_size)
+        phases = _exchange(
+            world, "ids", "pooled", w.batch_size, n, p, width, _id_bytes(plan), w.weighted, w.row_bytes, dedup
+        )
+    if two_hop:
+        widths = w.widths
+        on_host = [[f for f in two_hop if plan.table_host(plan.feature_table[f]) == g] for g in range(layout.hosts)]
+        host_width = np.array([float(sum(widths[f] for f in fs)) for fs in on_host])
+        phases = [a + b for a, b in zip(phases, _two_hops(plan, w, on_host, host_width), strict=True)]
     allreduce: tuple[AllReduce, ...] = ()
     if layout.world > 1:  # the head beside the backward (group "dense"), then the Tower Modules
         parts = (("dense", w.shape.head_params), ("global", sum(w.shape.tower_params)))
@@ -314,42 +401,16 @@ def flat_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
 
 
 def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
-    layout, w, b = plan.layout, workload, workload.batch_size
+    layout, w = plan.layout, workload
     hosts, per_host = layout.hosts, layout.ranks_per_host
-    n, p = _served(plan, w)
-    id_bytes = _id_bytes(plan)
-    # per host g: features of its towers, their pooling, its Tower Modules' output width and params
-    pf = {f.name: f.pooling_factor for f in w.features}
-    host_n, host_p, host_w, host_params = (np.zeros(hosts) for _ in range(4))
+    # per host g: features of its towers, its Tower Modules' output width and params
+    host_features: list[list[str]] = [[] for _ in range(hosts)]
+    host_w, host_params = np.zeros(hosts), np.zeros(hosts)
     for t, g in enumerate(plan.tower_host):
-        host_n[g] += len(w.shape.towers[t])
-        host_p[g] += sum(pf[f] for f in w.shape.towers[t])
+        host_features[g] += list(w.shape.towers[t])
         host_w[g] += w.shape.tower_widths[t]
         host_params[g] += w.shape.tower_params[t]
-    rail = np.where(host_n > 0, float(hosts * b), 0.0)  # samples a host's ranks hold after step (1)
-
-    phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
-    peer_ids: dict[int, list[PhaseTraffic]] = {}
-    peer_rows: dict[int, list[PhaseTraffic]] = {}
-    host_features = [[f for t in plan.towers_on(g) for f in w.shape.towers[t]] for g in range(hosts)]
-    peer_dedup = _dedup(w, host_features, b)
-    for local in range(per_host):
-        g = _group("peer", layout.peer_ranks(local), layout)
-        ids_and_rows = _exchange(
-            g, "peer_ids", "peer_pooled", b, host_n, host_p, host_w, id_bytes, w.weighted, w.row_bytes, peer_dedup
-        )
-        for m, ph in zip(g.members, ids_and_rows, strict=True):
-            peer_ids[m], peer_rows[m] = ph[:2], ph[2:]  # counts, ids | rows, grad
-    for h in range(hosts):
-        members = layout.host_ranks(h)
-        g = _group("intra", members, layout)
-        served, pooling, width = n[members], p[members], n[members] * w.dim
-        dedup = _dedup(w, _features_served(plan, members), rail[h])
-        ex = _exchange(
-            g, "intra_ids", "intra_pooled", rail[h], served, pooling, width, id_bytes, w.weighted, w.row_bytes, dedup
-        )
-        for m, ph in zip(members, ex, strict=True):
-            phases[m] = [*peer_ids[m], *ph, *peer_rows[m]]  # forward order: (1), (2) and (4), (6)
+    phases = _two_hops(plan, w, host_features, host_w)
 
     out = []
     for r in range(layout.world):
@@ -363,14 +424,15 @@ def sptt_traffic(plan: ShardingPlan, workload: Workload) -> list[RankTraffic]:
     return out
 
 
-def make_plan(mode: str, workload: Workload, layout: Layout) -> ShardingPlan:
-    """The placement a run would use: `plan_flat` for "flat", `plan_sptt` for the SPTT modes."""
+def make_plan(mode: str, workload: Workload, layout: Layout, kinds: Mapping[str, str] | None = None) -> ShardingPlan:
+    """The placement a run would use: `plan_flat` for "flat", `plan_sptt` for the SPTT modes;
+    kinds: table -> sharding kind (default: every table whole)."""
     features = list(workload.features)
-    widths = {f.name: workload.dim for f in features}
+    widths = workload.widths
     if mode == "flat":
-        return plan_flat(features, widths, layout)
+        return plan_flat(features, widths, layout, kinds)
     return plan_sptt(
-        features, [list(t) for t in workload.shape.towers], widths, layout, list(workload.shape.tower_widths)
+        features, [list(t) for t in workload.shape.towers], widths, layout, list(workload.shape.tower_widths), kinds
     )
 
 

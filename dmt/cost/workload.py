@@ -14,6 +14,7 @@ and teacher are never drawn); `tests/test_cost.py` checks it equals `SyntheticSo
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +59,16 @@ class Workload:
     row_bytes: int = 4  # bytes per float of pooled rows and their gradients on the wire (fp32 4, bf16 / fp16 2)
     allreduce_param_bytes: int = 4  # bytes per dense parameter in the gradient all-reduce
     ids: IdStatistics | None = None  # dedup_ids: what deduplicated id messages hold (dmt/cost/ids.py); None: plain
+    dims: Mapping[str, int] | None = None  # per-table widths overriding `dim` (model.embedding_dims)
+
+    def width(self, feature: FeatureSpec) -> int:
+        """The pooled width of `feature`: its table's."""
+        return (self.dims or {}).get(feature.table, self.dim)
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """feature name -> pooled width."""
+        return {f.name: self.width(f) for f in self.features}
 
 
 def wire_widths(dist_cfg) -> dict:
@@ -189,3 +200,31 @@ def equal_towers(names: list[str], count: int) -> list[list[str]]:
 def config_towers(cfg: Config, names: list[str]) -> list[list[str]] | None:
     """The towers the config names (towers, towers_file or num_towers), else None."""
     return resolve_towers(cfg.model, names) if has_towers(cfg.model) else None
+
+
+def shape_of(model) -> ModelShape:
+    """The ModelShape of a built MultiTowerModel (on any device, tables held or deferred), without
+    FLOPs (zeros: what the memory model needs is widths and parameter counts)."""
+    tower_params = [sum(p.numel() for p in tm.parameters()) for tm in model.tower_modules]
+    return ModelShape(
+        towers=tuple(tuple(t) for t in model.towers),
+        tower_widths=tuple(model.tower_widths),
+        tower_params=tuple(tower_params),
+        head_params=sum(p.numel() for p in model.head.parameters()),
+        tower_flops=tuple(0.0 for _ in model.towers),
+        head_flops=0.0,
+        flat=model.is_flat,
+    )
+
+
+def workload_of(model, batch_size: int, weighted: bool = False) -> Workload:
+    """The Workload of a built MultiTowerModel at `batch_size` samples per rank."""
+    specs = model.embeddings.specs
+    return Workload(
+        tuple(model.embeddings.features),
+        shape_of(model),
+        next(iter(specs.values())).embedding_dim,
+        batch_size,
+        weighted,
+        dims={t: spec.embedding_dim for t, spec in specs.items()},
+    )

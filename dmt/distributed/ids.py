@@ -11,7 +11,7 @@ member 0, [B_0, B_0 + B_1) from member 1, and so on; `return_rows` sends them ba
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -31,8 +31,12 @@ class RoutedIds:
         stacked by source (flat: W * B samples; SPTT: L * H * B).
     sizes: samples per source of the last hop (flat: the global exchange; SPTT: intra-host).
     batch_size: this rank's own samples B.
-    rail_sizes, rail_batch: SPTT only, the peer hop: samples per peer and their sum H * B.
+    rail_sizes, rail_batch: the peer hop (SPTT, and flat's "table_row" path): samples per peer and
+        their sum H * B.
     counter: what the input exchange counted (merged into the model's counter when the batch runs).
+    lengths: bag lengths [S] of the features whose mean-pooled tables are cut into row shards (the
+        mean divides their summed partial rows by the whole bag's length).
+    host_path: flat only, the features of "table_row" tables, routed over the two hops.
     """
 
     ids: KeyedJagged
@@ -41,6 +45,8 @@ class RoutedIds:
     counter: CommCounter
     rail_sizes: list[int] | None = None
     rail_batch: int = 0
+    lengths: dict[str, Tensor] = field(default_factory=dict)
+    host_path: RoutedIds | None = None
 
 
 def send_ids(

@@ -2,7 +2,8 @@
 
     what rank r = (h, l) keeps of the MultiTowerModel
                          flat                                sptt
-    embedding tables     the tables the plan gives r         the same (tables of host h's towers)
+    embedding tables     the tables and shards the plan      the same (tables of host h's towers,
+                         gives r                             cut inside host h)
     Tower Modules        all, data-parallel over W           host h's towers, shared by its L ranks
     head                 a replica, data-parallel over W     a replica, data-parallel over W
 
@@ -16,7 +17,8 @@ In a world of one the wrapper is the model itself plus counters: the same traini
 every topology. `wire` (dmt/distributed/wire.py) sets the exchanges' widths and id deduplication.
 
 `module` is the one-device model, trimmed to what this rank holds: its parameter names are the
-one-device names, so its state_dict is this rank's part of the one-device state_dict.
+one-device names, so its state_dict is this rank's part of the one-device state_dict; a table
+held as a shard is the block `blocks()` names of the one-device parameter.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from dmt.distributed.comm import CommCounter, Exchange
@@ -33,6 +36,7 @@ from dmt.distributed.gradsync import Bucket, GradientSync
 from dmt.distributed.idcodec import IdCodec
 from dmt.distributed.ids import RoutedIds
 from dmt.distributed.plan import ShardingPlan, plan
+from dmt.distributed.shards import unit_key
 from dmt.distributed.sptt import sptt_compute, sptt_route
 from dmt.distributed.topology import Topology
 from dmt.distributed.wire import WireOptions
@@ -69,7 +73,8 @@ class ShardedModel(nn.Module):
         self.topo, self.plan, self.rank = topology, sharding, topology.rank
         self.wire = wire if wire is not None else WireOptions()
         layout = sharding.layout
-        model.embeddings.hold(sharding.tables_on(self.rank))
+        mine = sharding.shards_on(self.rank)
+        model.embeddings.hold(sharding.tables_on(self.rank), {t: (s.rows, s.cols) for t, s in mine.items()})
         if sharding.mode == "sptt":
             held = set(sharding.towers_on(topology.host))
             for t in range(len(model.tower_modules)):
@@ -77,12 +82,19 @@ class ShardedModel(nn.Module):
                     model.tower_modules[t] = TowerElsewhere(model.tower_in_widths[t], model.tower_widths[t])
         self.module = model
         self.widths = model.embeddings.feature_dims
+        specs = model.embeddings.specs
+        self.mean_tables = {t: spec.pooling == "mean" for t, spec in specs.items()}
+        self.unit_table = dict(sharding.feature_table)  # exchange unit -> table
+        for f, t in sharding.feature_table.items():
+            self.unit_table.update({unit_key(f, k): t for k in range(len(sharding.shards.get(t, ())))})
         self.counter = CommCounter()
         self.timer = timer if timer is not None else PhaseTimer(sync_cuda=profile)
         self.precision = precision
+        self._column_groups: dict[str, object] = {}
         if sharding.mode == "single":
             self.sync = None
             return
+        self._column_groups = _column_groups(sharding, self.rank)
         me, rows, counter = self.rank, self.wire.rows, self.counter
         everyone = list(range(layout.world))
         host, rail = layout.host_ranks(topology.host), layout.peer_ranks(topology.local)
@@ -93,8 +105,11 @@ class ShardedModel(nn.Module):
         self.input_world_ex = Exchange(topology.input_world_group, everyone, me, layout, counter, "global")
         self.input_intra_ex = Exchange(topology.input_intra_group, host, me, layout, counter, "intra")
         self.input_peer_ex = Exchange(topology.input_peer_group, rail, me, layout, counter, "peer")
-        features = model.embeddings.features
-        self.codec = IdCodec({f.name: f.num_embeddings for f in features}) if self.wire.dedup_ids else None
+        # the codec knows every exchange unit's rows: a feature's table, or a shard's rows of it
+        rows = {f.name: f.num_embeddings for f in model.embeddings.features}
+        for f, t in sharding.feature_table.items():
+            rows.update({unit_key(f, k): s.num_rows for k, s in enumerate(sharding.shards.get(t, ()))})
+        self.codec = IdCodec(rows) if self.wire.dedup_ids else None
         spans_hosts, dtype = layout.hosts > 1, self.wire.allreduce_dtype
         head = Bucket("head", list(model.head.parameters()), topology.dense_group, tuple(everyone), spans_hosts, dtype)
         towers = list(model.tower_modules.parameters())
@@ -113,6 +128,22 @@ class ShardedModel(nn.Module):
     def dense_parameters(self) -> list[nn.Parameter]:
         """The Tower Modules this rank holds and its replica of the head (dense gradients)."""
         return self.module.dense_parameters()
+
+    def blocks(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+        """Parameters held as shards: one-device name -> (offsets, one-device shape)."""
+        emb = self.module.embeddings
+        out = {}
+        for t, ((r0, _), (c0, _)) in emb.blocks.items():
+            spec = emb.specs[t]
+            out[f"embeddings.tables.{t}.weight"] = ((r0, c0), (spec.num_embeddings, spec.embedding_dim))
+        return out
+
+    def column_shards(self) -> dict[nn.Parameter, tuple[object, int]]:
+        """Shards of part of a table's columns: parameter -> (the process group of the ranks that
+        hold the other columns of its rows, the width of the whole row). Row-wise optimizers sum
+        their per-row statistics over that group (dmt/train/optim.py)."""
+        emb = self.module.embeddings
+        return {emb.tables[t].weight: (g, emb.specs[t].embedding_dim) for t, g in self._column_groups.items()}
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -159,6 +190,22 @@ class ShardedModel(nn.Module):
         cast back before it crosses hosts)."""
         device = next((p.device.type for p in self.module.parameters()), "cpu")
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+
+def _column_groups(sharding: ShardingPlan, rank: int) -> dict[str, object]:
+    """Collective (every rank, same order): one process group per row range of a table cut into
+    several column ranges. -> table -> the group of this rank's shard of it."""
+    mine = {}
+    for t, shards in sharding.shards.items():
+        by_rows: dict[tuple[int, int], list[int]] = {}
+        for s in shards:
+            by_rows.setdefault(s.rows, []).append(s.rank)
+        for ranks in by_rows.values():
+            if len(ranks) > 1:
+                group = dist.new_group(sorted(ranks))
+                if rank in ranks:
+                    mine[t] = group
+    return mine
 
 
 def shard(

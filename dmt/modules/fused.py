@@ -10,23 +10,25 @@ RowWiseAdagrad and of torch's SGD on sparse gradients. The tables then need no o
 own; `FusedTables` stands in for one, so that checkpoints hold the Adagrad sums under the same
 names as with the torch backend ("optim/<table weight>/sum").
 
-The kernel batches whatever tables the collection holds (after `hold`), each a table of its own:
-a shard of a table is one more table to it. Features are grouped by table for the kernel
-(FBGEMM's CPU backward needs a table's features next to each other) and handed back in the order
-asked for. Mean pooling divides the kernel's sums by the bag lengths, as the torch backend does.
+The kernel batches whatever the collection holds (after `hold`): a whole table, or the block of a
+table cut into shards (rows x columns), each a table of its own to it. Its inputs are slots, a
+table's slots side by side (FBGEMM's CPU backward needs that), one per feature that reads the
+table; the keys of a batch (features, or exchange units of shards) fill their table's slots and
+are handed back by key. Mean pooling divides the kernel's sums by the bag lengths, as the torch
+backend does (not for a shard of part of the rows: the mean comes after the partial sums).
 
 FBGEMM is optional: pip install fbgemm-gpu-cpu (CPU) or fbgemm-gpu (CUDA); `require_fbgemm` says so.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import torch
 from torch import Tensor, nn
 
 from dmt.errors import UserError
-from dmt.modules.embedding import EmbeddingBagCollection, deferred_tables
+from dmt.modules.embedding import Block, EmbeddingBagCollection, deferred_tables
 from dmt.sparse import KeyedJagged
 
 INSTALL_HINT = "pip install -c constraints.txt -e '.[fbgemm]' (fbgemm-gpu-cpu; on CUDA install fbgemm-gpu instead)"
@@ -64,31 +66,40 @@ class FusedEmbeddingBagCollection(EmbeddingBagCollection):
         require_fbgemm()
         # the kernel is no submodule (its flat buffers are reached through `tables`): plain attributes
         object.__setattr__(self, "_kernel", None)
-        self._kernel_features: list[str] = []
+        self._slots: list[str] = []  # the kernel's inputs: one per feature reading a held table, by table
         self._optimizer, self._lr, self._eps = "rowwise_adagrad", 0.05, 1e-8
         self._device = torch.device("cpu")
         super().__init__(tables, features)
 
     @staticmethod
     def like(ebc: EmbeddingBagCollection) -> FusedEmbeddingBagCollection:
-        """The same tables, features and seed; holds what `ebc` holds, with its current values."""
+        """The same tables, features and seed; holds what `ebc` holds (whole tables and shards),
+        with its current values."""
         with deferred_tables():
             fused = FusedEmbeddingBagCollection(list(ebc.specs.values()), ebc.features)
         fused.seed = ebc.seed
+        fused.blocks = dict(ebc.blocks)
         fused._rebuild({t: bag.weight.detach() for t, bag in ebc.tables.items()}, {})
         return fused
 
     # ---- which tables, which optimizer ----------------------------------------------------------
 
-    def hold(self, tables: Collection[str]) -> None:
-        unknown = set(tables) - set(self.specs)
+    def hold(self, tables: Collection[str], shards: Mapping[str, Block] | None = None) -> None:
+        """As EmbeddingBagCollection.hold: whole `tables` and the blocks `shards` names, each a table
+        of its own to the kernel; values of a table already held with the same block are kept."""
+        shards = dict(shards or {})
+        unknown = (set(tables) | set(shards)) - set(self.specs)
         if unknown:
             raise ValueError(f"unknown tables {sorted(unknown)}")
+        wanted = {t: self._whole(t) for t in tables} | shards
         weights, sums = self._current()
+        weights = {t: w for t, w in weights.items() if t in wanted and self.block(t) == wanted[t]}
+        sums = {t: v for t, v in sums.items() if t in weights}
         for i, spec in enumerate(self.specs.values()):
-            if spec.name in tables and spec.name not in weights:
-                weights[spec.name] = self.initial_weight(i, spec)
-        self._rebuild({t: w for t, w in weights.items() if t in tables}, sums)
+            if spec.name in wanted and spec.name not in weights:
+                weights[spec.name] = self.initial_block(i, spec, wanted[spec.name]).to(self._device)
+        self.blocks = {t: b for t, b in shards.items() if b != self._whole(t)}
+        self._rebuild(weights, sums)
 
     def configure(self, optimizer: str, lr: float, eps: float = 1e-8) -> None:
         """The optimizer fused into the backward: "rowwise_adagrad" or "sgd", at `lr`."""
@@ -114,33 +125,37 @@ class FusedEmbeddingBagCollection(EmbeddingBagCollection):
         return weights, {t: s.clone() for t, s in self.row_sums().items()}
 
     def _rebuild(self, weights: dict[str, Tensor], sums: dict[str, Tensor]) -> None:
-        """A kernel over `weights` (declaration order), Adagrad sums restored where given."""
+        """A kernel over `weights` (declaration order; a shard's weight is its block), Adagrad sums
+        restored where given."""
         names = [t for t in self.specs if t in weights]
         self.tables = nn.ModuleDict()
         object.__setattr__(self, "_kernel", None)
-        self._kernel_features = []
+        self._slots = []
         if not names:
             return
         tbe = require_fbgemm()
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
 
-        bad = [t for t in names if self.specs[t].embedding_dim % 4]
+        bad = [t for t in names if weights[t].shape[1] % 4]
         if bad:
-            raise UserError(f"the fbgemm backend needs table widths that are multiples of 4; tables {bad} are not")
+            raise UserError(
+                f"the fbgemm backend needs widths that are multiples of 4; tables (or column shards) {bad} are not"
+            )
         cuda = self._device.type == "cuda"
         where = (
             (EmbeddingLocation.DEVICE, tbe.ComputeDevice.CUDA)
             if cuda
             else (EmbeddingLocation.HOST, tbe.ComputeDevice.CPU)
         )
-        self._kernel_features = [f.name for t in names for f in self.features if f.table == t]
+        # a slot per feature reading a held table (any key of that table fills one in `forward`)
+        self._slots = [t for t in names for f in self.features if f.table == t]
         optimizer = (
             EmbOptimType.EXACT_ROWWISE_ADAGRAD if self._optimizer == "rowwise_adagrad" else EmbOptimType.EXACT_SGD
         )
         kernel = tbe.SplitTableBatchedEmbeddingBagsCodegen(
-            [(self.specs[t].num_embeddings, self.specs[t].embedding_dim, *where) for t in names],
-            feature_table_map=[names.index(self.feature_table[f]) for f in self._kernel_features],
+            [(*weights[t].shape, *where) for t in names],
+            feature_table_map=[names.index(t) for t in self._slots],
             optimizer=optimizer,
             learning_rate=self._lr,
             eps=self._eps,
@@ -169,33 +184,45 @@ class FusedEmbeddingBagCollection(EmbeddingBagCollection):
     def lookup(self, table: str, values: Tensor, lengths: Tensor, weights: Tensor | None) -> Tensor:
         raise NotImplementedError("the fbgemm backend pools all its features in one kernel call: use pool or forward")
 
-    def forward(self, sparse: KeyedJagged) -> dict[str, Tensor]:
-        """sparse with B samples -> {feature: pooled [B, d_f]} for the features of the tables held."""
-        present = set(sparse.keys)
-        asked = [f for f in self._kernel_features if f in present]
+    def forward(self, sparse: KeyedJagged, key_table: Mapping[str, str] | None = None) -> dict[str, Tensor]:
+        """sparse with B samples -> {key: pooled [B, width]} for the keys of the tables held
+        (key_table: the table of each key, default the features' own; a key of a shard pools its
+        columns, and sums when the shard holds only some of the rows)."""
+        key_table = self.feature_table if key_table is None else key_table
         b = sparse.batch_size
-        if not asked or b == 0:
-            return {f: self.tables[self.feature_table[f]].weight.new_zeros(b, self.feature_dims[f]) for f in asked}
+        free: dict[str, list[int]] = {}
+        for i, t in enumerate(self._slots):
+            free.setdefault(t, []).append(i)
+        slot_of: dict[str, int] = {}
+        for key in sparse.keys:
+            t = key_table.get(key)
+            if t in free:
+                if not free[t]:
+                    raise ValueError(f"more keys of table {t} in one batch than features read it")
+                slot_of[key] = free[t].pop(0)
+        widths = [self.tables[t].weight.shape[1] for t in self._slots]
+        if not slot_of or b == 0:
+            return {k: self.tables[key_table[k]].weight.new_zeros(b, widths[i]) for k, i in slot_of.items()}
         parts = sparse.per_key()
         empty = sparse.values[:0]
         weighted = sparse.weights is not None
-        inputs = [
-            parts[f] if f in present else (empty, sparse.lengths.new_zeros(b), empty.float() if weighted else None)
-            for f in self._kernel_features
-        ]
-        kj = KeyedJagged.concat_keys(inputs, self._kernel_features, b)
+        blank = (empty, sparse.lengths.new_zeros(b), empty.float() if weighted else None)
+        by_slot = {i: k for k, i in slot_of.items()}
+        inputs = [parts[by_slot[i]] if i in by_slot else blank for i in range(len(self._slots))]
+        names = [f"slot{i}" for i in range(len(self._slots))]
+        kj = KeyedJagged.concat_keys(inputs, names, b, sparse.values.device)
         offsets = torch.zeros(kj.lengths.numel() + 1, dtype=torch.long, device=kj.lengths.device)
         torch.cumsum(kj.lengths, 0, out=offsets[1:])
         pooled = self._kernel(kj.values.long(), offsets, per_sample_weights=kj.weights)  # [B, sum of widths]
-        widths = [self.specs[self.feature_table[f]].embedding_dim for f in self._kernel_features]
-        out = {}
+        blocks = pooled.split(widths, dim=1)
         lengths = kj.lengths_per_key()
-        for i, (f, block) in enumerate(zip(self._kernel_features, pooled.split(widths, dim=1), strict=True)):
-            if f not in present:
-                continue
-            if self.specs[self.feature_table[f]].pooling == "mean":
+        out = {}
+        for key, i in slot_of.items():
+            t, block = self._slots[i], blocks[i]
+            (r0, r1), _ = self.block(t)
+            if self.specs[t].pooling == "mean" and r1 - r0 == self.specs[t].num_embeddings:
                 block = block / lengths[i].clamp(min=1).unsqueeze(1).to(block.dtype)
-            out[f] = block
+            out[key] = block
         return out
 
 

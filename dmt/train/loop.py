@@ -13,6 +13,7 @@ global-batch gradients (see `dmt verify`).
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from dmt.config import Config
+from dmt.cost.fit import rank_plan
 from dmt.data import make_source
 from dmt.data.base import DataSource
 from dmt.data.loader import prefetch
@@ -39,6 +41,7 @@ from dmt.train.evaluate import evaluate
 from dmt.train.observe import RunLog
 from dmt.train.optim import make_optimizers
 from dmt.train.pipeline import PipelinedBatches, training_batches
+from dmt.train.resources import peak_rss_bytes
 from dmt.train.summary import StepRecorder, summarize
 
 
@@ -88,7 +91,16 @@ def build(cfg: Config, topo: Topology | None = None) -> Trainee:
     if cfg.train.precision == "bf16" and cfg.train.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     wire = WireOptions.from_config(cfg.dist)
-    sharded = shard(model, topo, cfg.dist.mode, profile=cfg.train.profile, precision=cfg.train.precision, wire=wire)
+    sharding = rank_plan(cfg, model, topo)  # model.table_sharding fitted to dist.memory_gb
+    sharded = shard(
+        model,
+        topo,
+        cfg.dist.mode,
+        sharding=sharding,
+        profile=cfg.train.profile,
+        precision=cfg.train.precision,
+        wire=wire,
+    )
     sharded = sharded.to(cfg.train.device)
     return Trainee(source, sharded, make_optimizers(sharded, cfg.train), topo)
 
@@ -114,12 +126,14 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t = build(cfg, topo)
+    startup_rss = peak_rss_bytes()  # model built: this rank's tables and shards, nothing trained yet
     start = ckpt.resume(t.model, t.optimizers, t.topo, out) if resume else 0
     steps, bs, device = cfg.train.steps, cfg.train.batch_size, cfg.train.device
     # batches made ahead by a background worker (pinned for a GPU): the step only takes them
     stream = prefetch(t.source.train_batches(bs, t.rank, t.world, start), cfg.data.prefetch, device.startswith("cuda"))
     runlog = RunLog(out, enabled=t.rank == 0, tensorboard=cfg.train.tensorboard)
     recorder = StepRecorder(t, global_batch=bs * t.world)
+    recorder.startup_rss = startup_rss
     bar = tqdm(
         range(start, steps),
         desc=f"train {t.model.module.name} ({t.mode})",
@@ -153,5 +167,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
     if t.rank == 0:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
     runlog.close(summary)
-    ckpt.export(t.topo, out)
+    topo = t.topo
+    del t, recorder  # the export reads the checkpoint back chunk by chunk: this rank's copy goes first
+    gc.collect()  # (the gradient hooks hold the model in reference cycles)
+    ckpt.export(topo, out)
     return summary

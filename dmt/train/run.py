@@ -14,11 +14,12 @@ from dmt.errors import UserError
 def check_cluster(cfg: Config, world: int, ranks_per_host: int) -> Layout:
     """Fail early, in the parent, on a model, topology or placement that cannot work: the model is
     built (tables deferred, dense layers on the meta device), checked against the contract and
-    placed, so that a mistake is one line before any rank starts."""
+    placed, its tables fitted to each rank's memory budget (dmt/cost/fit.py), so that a mistake
+    or a plan that does not fit is one line before any rank starts."""
     import torch
 
+    from dmt.cost.fit import config_plan
     from dmt.data import make_source
-    from dmt.distributed.plan import plan
     from dmt.models.build import build_model
     from dmt.modules.embedding import deferred_tables
 
@@ -26,7 +27,7 @@ def check_cluster(cfg: Config, world: int, ranks_per_host: int) -> Layout:
     source = make_source(cfg.data)
     with deferred_tables(), torch.device("meta"):
         model = build_model(cfg.model, source.features, source.num_dense)
-    plan(model, layout, cfg.dist.mode)
+    config_plan(cfg, model, layout)
     return layout
 
 

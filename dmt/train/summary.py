@@ -31,6 +31,7 @@ class StepRecorder:
         self.log: list[dict] = []
         self.windows: list[tuple[float, float]] = []  # each step's (start, end) on the host clock
         self._step_start = 0.0
+        self.startup_rss: int | None = None  # peak resident memory once the model was built
 
     def start(self) -> None:
         self.link_before = self._link_counters()
@@ -114,6 +115,7 @@ def summarize(t, cfg: Config, rec: StepRecorder, quality: dict, start: int) -> d
         "mode": t.mode,
         "model": model.name,
         "towers": None if model.is_flat else model.towers,
+        "sharding": t.model.plan.table_summary(),
         "steps": steps,
         "seed": cfg.train.seed,
         "malformed_rows": round(sum(t.topo.all_gather_object(skipped))),
@@ -198,20 +200,21 @@ def per_rank_resources(t, rec: StepRecorder) -> dict:
     mine = (
         rec.peak_rss,
         rec.link,
+        rec.startup_rss,
         sum(c["cross_host_bytes"] for c in rec.comm),
         sum(c["allreduce_cross_host_bytes"] for c in rec.comm),
     )
     everyone = t.topo.all_gather_object(mine)
-    out: dict = {"peak_rss_bytes": [e[0] for e in everyone]}
+    out: dict = {"peak_rss_bytes": [e[0] for e in everyone], "startup_peak_rss_bytes": [e[2] for e in everyone]}
     layout = t.topo.layout
     if everyone[0][1] is not None:
         out["link_train"] = [
             {
                 "host": h,
                 **everyone[layout.rank(h, 0)][1],
-                "counted_cross_host_bytes": sum(everyone[r][2] for r in layout.host_ranks(h)),
+                "counted_cross_host_bytes": sum(everyone[r][3] for r in layout.host_ranks(h)),
                 # payload all-reduced over groups spanning hosts, per rank (a ring sends 2 (W-1) / W of it)
-                "allreduce_payload_bytes_per_rank": everyone[layout.rank(h, 0)][3],
+                "allreduce_payload_bytes_per_rank": everyone[layout.rank(h, 0)][4],
             }
             for h in range(layout.hosts)
         ]
