@@ -6,7 +6,9 @@ What this package exports is its public API; everything else is internal.
     sparse       KeyedJagged, Batch                            multi-hot ids (TorchRec's KJT works too)
     modules      EmbeddingBagCollection, deferred_tables,      tables; Tower Modules; dense blocks
                  IdentityTower, DotCompressTower,
-                 CrossCompressTower, MLP, CrossNetwork
+                 CrossCompressTower, ResidualDotTower,
+                 ResidualCrossTower, TowerOptions,
+                 make_tower_module, MLP, CrossNetwork
     models       MultiTowerModel, ModelInputs, check_model,    the model contract, and the
                  DLRM, DLRMHead, DCN, DCNHead                  built-in families
     topology     Layout, Topology                              hosts x ranks and process groups
@@ -45,6 +47,10 @@ _EXPORTS = {
     "IdentityTower": "dmt.modules.tower",
     "DotCompressTower": "dmt.modules.tower",
     "CrossCompressTower": "dmt.modules.tower",
+    "ResidualDotTower": "dmt.modules.tower",
+    "ResidualCrossTower": "dmt.modules.tower",
+    "TowerOptions": "dmt.modules.tower",
+    "make_tower_module": "dmt.modules.tower",
     "MLP": "dmt.modules.dense",
     "CrossNetwork": "dmt.modules.dense",
     "MultiTowerModel": "dmt.models.base",

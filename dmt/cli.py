@@ -227,6 +227,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
         tolerance=args.tolerance,
         seed=args.seed,
         samples=args.samples,
+        budget_ratio=args.budget_ratio,
+        budget_mix=args.budget_mix,
     )
     print_partition(payload)
     return 0
@@ -342,6 +344,17 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", type=float, default=0.05, help="TP bound per tower: (1 + tolerance) * total / K")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--samples", type=int, help="data samples for the interaction source")
+    p.add_argument(
+        "--budget-ratio",
+        type=float,
+        help="also propose per-tower compression ratios that spend the cross-host bytes of this uniform ratio",
+    )
+    p.add_argument(
+        "--budget-mix",
+        type=float,
+        default=0.5,
+        help="share of the budget spent by tower size (1: uniform), not interaction",
+    )
     p.add_argument("--out", required=True, help="JSON file; the heatmap is written beside it as .png")
     p.set_defaults(func=cmd_partition)
 

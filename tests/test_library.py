@@ -36,7 +36,7 @@ def _model() -> dmt.MultiTowerModel:
         top_mlp=[16],
         tower_module="compress",
         compression_ratios=[3.0, 1.5],
-        tower_hidden=8,
+        tower_options=dmt.TowerOptions(hidden=8),
     )
 
 

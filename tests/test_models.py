@@ -66,25 +66,33 @@ def test_identity_towers_equal_flat_model(arch, extra):
         torch.testing.assert_close(g, g_dmt[name], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("arch", ["dlrm", "dcn"])
-@pytest.mark.parametrize("cr", [1.0, 2.0, 4.0])
-def test_compressing_towers_shapes(arch, cr):
+@pytest.mark.parametrize(
+    "arch,ratios,widths",
+    [
+        ("dlrm", [1.0, 1.0, 1.0], [12, 4, 8]),
+        ("dlrm", [3.0, 1.0, 2.0], [4, 4, 4]),
+        ("dlrm", [1.5, 1.0, 1.0], [8, 4, 8]),
+        ("dcn", [1.0, 2.0, 4.0], [12, 2, 2]),
+        ("dcn", [4.0, 4.0, 8.0], [3, 1, 1]),
+    ],
+)
+def test_compressing_towers_deliver_the_ratio_asked(arch, ratios, widths):
+    """Tower sizes 3, 1, 2 at d = 4: each Tower Module outputs n_t * d / CR_t floats exactly."""
     feats = tiny_features()
     batch = random_batch(feats, 8, num_dense=3)
-    cfg = ModelConfig(arch=arch, embedding_dim=4, bottom_mlp=[4], towers=TOWERS, compression_ratio=cr)
+    cfg = ModelConfig(arch=arch, embedding_dim=4, bottom_mlp=[4], towers=TOWERS, tower_compression_ratios=ratios)
     model = build_model(cfg, feats, 3)
     logits = model(batch.dense, batch.sparse)
     assert logits.shape == (8,) and torch.isfinite(logits).all()
-    for tower, tm in zip(TOWERS, model.tower_modules, strict=True):
+    assert [tm.out_features for tm in model.tower_modules] == widths
+    for tower, tm, cr in zip(TOWERS, model.tower_modules, ratios, strict=True):
+        assert tm.in_features / tm.out_features == cr == len(tower) * 4 / tm.out_features
         if arch == "dlrm":
-            assert isinstance(tm, DotCompressTower)
-            assert tm.num_outputs == -(-len(tower) // int(cr))
-        else:
-            assert tm.out_features == -(-len(tower) * 4 // int(cr))
+            assert isinstance(tm, DotCompressTower) and tm.num_outputs == len(tower) / cr
 
 
 def test_tower_module_starts_as_chunk_mean():
-    tm = DotCompressTower(num_features=5, dim=3, compression_ratio=2, hidden=8)
+    tm = DotCompressTower(num_features=5, dim=3, compression_ratio=5 / 3, hidden=8)  # 3 outputs
     x = torch.randn(4, 5, 3)
     out = tm(x.reshape(4, -1)).view(4, 3, 3)
     torch.testing.assert_close(out[:, 0], x[:, :2].mean(1))

@@ -205,8 +205,14 @@ def test_dlrm_checkpoint_source_recovers_groups(tmp_path):
 def test_cli_writes_towers_json_and_heatmap(tmp_path, capsys):
     out = tmp_path / "p" / "towers.json"
     args = ["partition", "--config", str(DLRM), "--set", SMALL_EVAL, "--towers", "4", "--samples", "60000"]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--budget-ratio", "4", "--out", str(out)]) == 0
     payload = json.loads(out.read_text())
+    # 24 features x 16 floats at uniform ratio 4: 96 floats, spent in whole DLRM embeddings
+    budget = payload["budget"]
+    assert budget["family"] == "dlrm" and budget["budget_floats"] == 96 and budget["spent_floats"] == 96
+    sizes = [len(t) * 16 for t in payload["towers"]]
+    assert all(w % 16 == 0 and w >= 16 for w in budget["tower_widths"])
+    assert [s / r for s, r in zip(sizes, budget["compression_ratios"], strict=True)] == budget["tower_widths"]
     for key in ("towers", "cost_per_tower", "imbalance", "method", "source", "cost", "adjusted_rand_index"):
         assert key in payload
     assert payload["method"] == "tp" and payload["source"] == "data" and payload["cost"] == "ids"
@@ -230,6 +236,9 @@ def test_cli_writes_towers_json_and_heatmap(tmp_path, capsys):
         (["--towers", "4", "--checkpoint", "/nonexistent"], "no checkpoint at /nonexistent"),
         (["--towers", "4", "--method", "magic"], "invalid choice: 'magic'"),
         (["--towers", "4", "--cost", "table_bytes"], "smallest feasible bound is"),
+        (["--towers", "4", "--budget-ratio", "0.5"], "--budget-ratio must be >= 1, got 0.5"),
+        (["--towers", "4", "--budget-mix", "2"], "--budget-mix must be in [0, 1], got 2.0"),
+        (["--towers", "4", "--budget-ratio", "64"], "less than one 16-float unit for each of the 4 towers"),
     ],
 )
 def test_cli_bad_input_exits_2(tmp_path, capsys, extra, message):

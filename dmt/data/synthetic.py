@@ -20,6 +20,9 @@ feature interactions cannot see them. Label ~ Bernoulli(sigmoid(logit)).
 
 Determinism: stream `s` is cut into chunks of CHUNK samples; chunk c is drawn from
 Generator(SeedSequence([seed, s, c])), so sample i is the same whoever reads it, in any batch.
+Streams: train (endless), test and validation (`eval_samples` each; `data.eval_split` picks the
+one evaluated), and the calibration stream that standardises the teacher. All four share the
+teacher, so validation and test measure the same task on different samples.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from dmt.sparse import Batch, KeyedJagged
 from dmt.specs import FeatureSpec
 
 CHUNK = 256  # samples per deterministic generation unit
-TRAIN, EVAL, CALIBRATION = 0, 1, 2  # stream ids
+TRAIN, TEST, CALIBRATION, VALIDATION = 0, 1, 2, 3  # stream ids
 _STRUCTURE_KEY = 1_000_003  # seeds the teacher; never a stream id
 _CALIBRATION_CHUNKS = 64
 
@@ -110,6 +113,7 @@ class SyntheticSource(DataSource):
         self.cfg = s
         self.seed = data_cfg.seed
         self.num_dense = data_cfg.num_dense
+        self.eval_stream = VALIDATION if data_cfg.eval_split == "validation" else TEST
         rng = _structure_rng(data_cfg)
         num_groups, num_features = len(s.group_sizes), sum(s.group_sizes)
 
@@ -285,13 +289,13 @@ class SyntheticSource(DataSource):
         total = self.cfg.eval_samples
         lo, hi = rank * total // world, (rank + 1) * total // world
         for start in range(lo, hi, batch_size):
-            yield self._samples(EVAL, start, min(start + batch_size, hi))
+            yield self._samples(self.eval_stream, start, min(start + batch_size, hi))
 
     def eval_truth(self) -> tuple[np.ndarray, np.ndarray]:
         """True probabilities [E] float64 and labels [E] float32 of the whole eval set (cached)."""
         if self._eval_truth is None:
             n = self.cfg.eval_samples
-            chunks = [self._chunk(EVAL, c) for c in range(-(-n // CHUNK))]
+            chunks = [self._chunk(self.eval_stream, c) for c in range(-(-n // CHUNK))]
             probs, labels = (np.concatenate([getattr(c, k) for c in chunks])[:n] for k in ("probs", "labels"))
             self._eval_truth = probs, labels
         return self._eval_truth
@@ -344,7 +348,7 @@ def additive_baseline_auc(
     from sklearn.metrics import roc_auc_score
 
     train = source._samples(TRAIN, 0, train_samples)
-    test = source._samples(EVAL, 0, source.cfg.eval_samples)
+    test = source._samples(source.eval_stream, 0, source.cfg.eval_samples)
     model = LogisticRegression(C=c, max_iter=max_iter)
     model.fit(one_hot(train, source.features), train.labels.numpy())
     return float(roc_auc_score(test.labels.numpy(), model.decision_function(one_hot(test, source.features))))

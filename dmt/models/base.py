@@ -13,13 +13,13 @@ same three stages on different ranks and must equal this module exactly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from dmt.modules.embedding import EmbeddingBagCollection
-from dmt.modules.tower import IdentityTower
+from dmt.modules.tower import IdentityTower, TowerOptions, make_tower_module
 from dmt.sparse import as_keyed_jagged
 
 
@@ -157,14 +157,16 @@ def tower_out_features(tm: nn.Module, in_width: int) -> int:
 
 def build_tower_modules(
     towers: list[list[str]],
-    in_widths: list[int],
+    feature_dims: Mapping[str, int],
+    family: str,
     kind: str,
     compression_ratios: list[float] | None,
-    compress,
+    options: TowerOptions,
 ) -> list[nn.Module]:
-    """One Tower Module per tower: identity ("identity"), else `compress(tower, D_t, CR_t)`
-    (the model family's compressing module) with each tower's ratio (default 1)."""
-    if kind == "identity":
-        return [IdentityTower(w) for w in in_widths]
+    """One Tower Module per tower (dmt/modules/tower.py's `make_tower_module`) of `kind` for the
+    model `family`, each with its tower's ratio (default 1)."""
     ratios = compression_ratios or [1.0] * len(towers)
-    return [compress(t, w, cr) for t, w, cr in zip(towers, in_widths, ratios, strict=True)]
+    return [
+        make_tower_module(kind, family, [feature_dims[f] for f in t], cr, options)
+        for t, cr in zip(towers, ratios, strict=True)
+    ]

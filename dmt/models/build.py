@@ -26,6 +26,7 @@ from dmt.errors import UserError
 from dmt.models.base import MultiTowerModel, check_towers
 from dmt.models.dcn import DCN
 from dmt.models.dlrm import DLRM
+from dmt.modules.tower import TowerOptions
 from dmt.specs import FeatureSpec
 
 
@@ -109,7 +110,7 @@ def dlrm(inputs: ModelInputs) -> DLRM:
             f"DLRM's dot interaction needs one embedding width; model.embedding_dims {cfg.embedding_dims} "
             f"differ from model.embedding_dim={cfg.embedding_dim} (use arch 'dcn', or one width)"
         )
-    return DLRM(**_shared_arguments(inputs), top_mlp=cfg.top_mlp, tower_hidden=cfg.tower_hidden)
+    return DLRM(**_shared_arguments(inputs), top_mlp=cfg.top_mlp)
 
 
 def dcn(inputs: ModelInputs) -> DCN:
@@ -121,7 +122,6 @@ def dcn(inputs: ModelInputs) -> DCN:
         cross_layers=cfg.cross_layers,
         cross_rank=cfg.cross_rank,
         structure=cfg.structure,
-        tower_cross_layers=cfg.tower_cross_layers,
         dims=cfg.embedding_dims or None,
     )
 
@@ -139,7 +139,22 @@ def _shared_arguments(inputs: ModelInputs) -> dict:
         "bottom_mlp": cfg.bottom_mlp,
         "tower_module": cfg.tower_module if inputs.towers is not None else "identity",
         "compression_ratios": inputs.compression_ratios,
+        "tower_options": tower_options(cfg),
     }
+
+
+def tower_options(cfg: ModelConfig) -> TowerOptions:
+    """The config's Tower Module settings (model.tower_*)."""
+    return TowerOptions(
+        hidden=cfg.tower_hidden,
+        cross_layers=cfg.tower_cross_layers,
+        mlp=tuple(cfg.tower_mlp),
+        attention_layers=cfg.tower_attention_layers,
+        norm=cfg.tower_norm,
+        projection_init=cfg.tower_projection_init,
+        cross_rank=cfg.tower_cross_rank,
+        dots=cfg.tower_dots,
+    )
 
 
 BUILT_IN: dict[str, Callable[[ModelInputs], MultiTowerModel]] = {"dlrm": dlrm, "dcn": dcn}

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from dmt.models.base import MultiTowerModel, build_tower_modules
 from dmt.modules.dense import MLP, CrossNetwork
 from dmt.modules.embedding import EmbeddingBagCollection
-from dmt.modules.tower import CrossCompressTower
+from dmt.modules.tower import TowerOptions
 from dmt.specs import FeatureSpec
 
 
@@ -81,8 +81,8 @@ class DCNHead(nn.Module):
 
 class DCN(MultiTowerModel):
     """DCNv2 (towers None: the flat model) or DMT-DCN: tables of width `dim` (or `dims[table]`),
-    Tower Modules "identity" or "compress" (CrossCompressTower: cross layers, then a linear map
-    to ceil(D_t / CR_t))."""
+    Tower Modules "identity", "compress" (CrossCompressTower: cross layers, then a linear map) or
+    "residual" (ResidualCrossTower), each sending D_t / CR_t floats (dmt/modules/tower.py)."""
 
     family = "dcn"
 
@@ -100,18 +100,13 @@ class DCN(MultiTowerModel):
         structure: str = "stacked",
         tower_module: str = "identity",
         compression_ratios: list[float] | None = None,
-        tower_cross_layers: int = 1,
+        tower_options: TowerOptions | None = None,
         dims: Mapping[str, int] | None = None,
     ) -> None:
         embeddings = EmbeddingBagCollection.from_features(features, dim, pooling, dims)
         towers = towers or [[f.name for f in features]]
-        feature_dims = embeddings.feature_dims
         tower_modules = build_tower_modules(
-            towers,
-            [sum(feature_dims[f] for f in t) for t in towers],
-            tower_module,
-            compression_ratios,
-            lambda tower, width, cr: CrossCompressTower(width, cr, tower_cross_layers),
+            towers, embeddings.feature_dims, "dcn", tower_module, compression_ratios, tower_options or TowerOptions()
         )
         head = DCNHead(
             num_dense,

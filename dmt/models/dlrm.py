@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from dmt.models.base import MultiTowerModel, build_tower_modules
 from dmt.modules.dense import MLP, pair_index, pairwise_dots
 from dmt.modules.embedding import EmbeddingBagCollection
-from dmt.modules.tower import DotCompressTower
+from dmt.modules.tower import TowerOptions
 from dmt.specs import FeatureSpec
 
 
@@ -77,7 +77,8 @@ class DLRMHead(nn.Module):
 
 class DLRM(MultiTowerModel):
     """DLRM (towers None: the flat model) or DMT-DLRM: tables of width `dim`, Tower Modules
-    "identity" or "compress" (DotCompressTower: n_t embeddings -> ceil(n_t / CR_t))."""
+    "identity", "compress" (DotCompressTower) or "residual" (ResidualDotTower), each sending
+    n_t / CR_t embeddings of width d (dmt/modules/tower.py)."""
 
     family = "dlrm"
 
@@ -92,16 +93,12 @@ class DLRM(MultiTowerModel):
         top_mlp: list[int] | None = None,
         tower_module: str = "identity",
         compression_ratios: list[float] | None = None,
-        tower_hidden: int = 64,
+        tower_options: TowerOptions | None = None,
     ) -> None:
         embeddings = EmbeddingBagCollection.from_features(features, dim, pooling)
         towers = towers or [[f.name for f in features]]
         tower_modules = build_tower_modules(
-            towers,
-            [len(t) * dim for t in towers],
-            tower_module,
-            compression_ratios,
-            lambda tower, width, cr: DotCompressTower(len(tower), dim, cr, tower_hidden),
+            towers, embeddings.feature_dims, "dlrm", tower_module, compression_ratios, tower_options or TowerOptions()
         )
         head = DLRMHead(num_dense, dim, [tm.out_features for tm in tower_modules], bottom_mlp, top_mlp)
         super().__init__(embeddings, head, towers, tower_modules)

@@ -15,6 +15,7 @@ from dmt.config import Config
 from dmt.data import make_source
 from dmt.data.base import DataSource
 from dmt.errors import UserError
+from dmt.partition.budget import check_budget, propose_ratios
 from dmt.partition.heatmap import draw_heatmap
 from dmt.partition.interaction import data_interactions, dcn_interactions, dlrm_interactions, sample_batch
 from dmt.partition.partition import PartitionResult, adjusted_rand_index, check_options, partition
@@ -80,8 +81,13 @@ def run_partition(
     tolerance: float = 0.05,
     seed: int = 0,
     samples: int | None = None,
+    budget_ratio: float | None = None,
+    budget_mix: float = 0.5,
 ) -> dict:
-    """Partition the config's features; write the JSON at `out` and the heatmap at `out`.png. -> JSON dict."""
+    """Partition the config's features; write the JSON at `out` and the heatmap at `out`.png. -> JSON dict.
+
+    budget_ratio: also propose per-tower compression ratios that spend the cross-host bytes of this
+    uniform ratio (dmt/partition/budget.py) for the config's model family; the JSON gains "budget"."""
     out_path = Path(out)
     if out_path.suffix.lower() == ".png":
         raise UserError(f"--out {out} must be the JSON path; the heatmap goes beside it with suffix .png")
@@ -89,6 +95,7 @@ def run_partition(
         raise UserError(f"--samples must be >= 1, got {samples}")
     check_options(towers, method, tolerance, cost)
     check_source(source_kind, checkpoint)
+    check_budget(budget_ratio, budget_mix)
     start = time.perf_counter()
     source = make_source(cfg.data)
     matrix, used = interaction_matrix(source, source_kind, checkpoint, samples)
@@ -112,6 +119,14 @@ def run_partition(
     assert result.interaction is not None
     draw_heatmap(result.interaction, result.feature_names, result.towers, picture, title)
     payload["heatmap"] = str(picture)
+    if budget_ratio is not None:
+        dim = cfg.model.embedding_dim
+        granule = dim if cfg.model.arch == "dlrm" else 1
+        assert result.interaction is not None
+        proposal = propose_ratios(
+            result.towers, result.feature_names, result.interaction, dim, budget_ratio, granule, budget_mix
+        )
+        payload["budget"] = {"family": cfg.model.arch, **proposal}
     payload["seconds"] = time.perf_counter() - start
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(payload, indent=2))
@@ -131,3 +146,10 @@ def print_partition(payload: dict) -> None:
         line += f", ARI vs planted groups {payload['adjusted_rand_index']:.3f}"
     print(line)
     print(f"wrote {payload['heatmap']}")
+    b = payload.get("budget")
+    if b:
+        ratios = ", ".join(repr(r) for r in b["compression_ratios"])
+        print(
+            f"budget of uniform ratio {b['budget_ratio']:g} ({b['budget_floats']:g} floats per sample, {b['family']}): "
+            f"widths {b['tower_widths']}, model.tower_compression_ratios = [{ratios}]"
+        )

