@@ -337,3 +337,20 @@ def test_deduplicated_ids_bring_sptt_tm_under_027_of_flat():
         for mode in ("flat", "sptt_tm")
     }
     assert cross["sptt_tm"] <= 0.27 * cross["flat"], cross
+
+
+def test_scaling_spends_the_uniform_budget_where_towers_cannot_take_it():
+    """paper_dlrm (320 features x 128, CR 4) on 8 ranks per host: at 32 hosts each tower has 10
+    features, and 2.5 embeddings is no output; the scaling row spends the same 80 embeddings by size."""
+    from dmt.cost.estimate import scaling
+
+    est = Estimator(load_config("paper_dlrm"), cluster("h100"))
+    ratios = est.budget_ratios(32)
+    towers, _ = est.towers_for(32, strict=False)
+    widths = [len(t) * 128 / r for t, r in zip(towers, ratios, strict=True)]
+    assert sum(widths) == 320 * 128 / 4 and all(w % 128 == 0 for w in widths)
+    assert sorted(set(ratios)) == [10 / 3, 5.0]
+    rows = {r["gpus"]: r for r in scaling(est, 8, (64, 256, 1024))}
+    assert "compression_ratios" not in rows[64] and rows[64]["speedup"]
+    assert rows[256]["compression_ratios"] == [10 / 3, 5.0] and rows[256]["speedup"]["sptt_tm_over_flat"]["step"] > 1
+    assert rows[1024]["sptt_tm"] is None and "less than one 128-float unit for each of the 128 towers" in rows[1024]["note"]

@@ -18,6 +18,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from dmt.config import Config
 from dmt.cost.compute import OpCounts
 from dmt.cost.fit import GB, MemoryBudget, fit_workload
@@ -111,7 +113,10 @@ class Estimator:
 
     # ---- model variants ---------------------------------------------------------------------
 
-    def shape(self, mode: str, towers: list[list[str]] | None = None, ratio: float | None = None) -> ModelShape:
+    def shape(
+        self, mode: str, towers: list[list[str]] | None = None, ratio: float | tuple[float, ...] | None = None
+    ) -> ModelShape:
+        """ratio: one compression ratio for every tower, one per tower (a tuple), or None (the config's)."""
         key = (mode, None if towers is None else tuple(map(tuple, towers)), ratio)
         if key not in self._shapes:
             m = self.cfg.model
@@ -189,13 +194,32 @@ class Estimator:
         step = step_timing(tr, timing, self.cluster, ops, t.dense_optimizer)
         return ModeEstimate(mode, tr, timing, mem, step, problem)
 
-    def modes(self, layout: Layout, strict: bool = True, memory: bool = True) -> dict[str, ModeEstimate]:
+    def modes(
+        self, layout: Layout, strict: bool = True, memory: bool = True, ratios: tuple[float, ...] | None = None
+    ) -> dict[str, ModeEstimate]:
+        """ratios: per-tower compression ratios for sptt_tm instead of the config's."""
         towers, _ = self.towers_for(layout.hosts, strict)
         return {
             "flat": self.run("flat", self.shape("flat"), layout, memory),
             "sptt": self.run("sptt", self.shape("sptt", towers), layout, memory),
-            "sptt_tm": self.run("sptt_tm", self.shape("sptt_tm", towers), layout, memory),
+            "sptt_tm": self.run("sptt_tm", self.shape("sptt_tm", towers, ratios), layout, memory),
         }
+
+    def budget_ratios(self, hosts: int) -> tuple[float, ...] | None:
+        """Per-tower ratios that spend the cross-host floats of the config's uniform ratio in whole
+        units of its built-in family (DLRM: d-wide embeddings, DCN: floats), shared by tower size
+        (dmt/partition/budget.py at mix 1): what a cluster whose towers cannot take the uniform
+        ratio sends instead. None for other models, per-tower configs and mixed widths."""
+        from dmt.partition.budget import propose_ratios
+
+        m = self.cfg.model
+        if m.arch not in ("dlrm", "dcn") or m.tower_compression_ratios or m.embedding_dims:
+            return None
+        towers, _ = self.towers_for(hosts, strict=False)
+        granule = m.embedding_dim if m.arch == "dlrm" else 1
+        no_interaction = np.zeros((len(self.names), len(self.names)))
+        p = propose_ratios(towers, self.names, no_interaction, m.embedding_dim, m.compression_ratio, granule, 1.0)
+        return tuple(p["compression_ratios"])
 
 
 def speedups(modes: dict[str, ModeEstimate]) -> dict:
@@ -227,7 +251,14 @@ def scaling(est: Estimator, ranks_per_host: int, gpus: tuple[int, ...] = SCALING
         layout = Layout(n // ranks_per_host, ranks_per_host)
         row: dict = {"gpus": n, "hosts": layout.hosts}
         try:
-            modes = est.modes(layout, strict=False, memory=False)
+            try:
+                modes = est.modes(layout, strict=False, memory=False)
+            except UserError:  # the towers of this many hosts cannot take the uniform ratio: spend its bytes
+                ratios = est.budget_ratios(layout.hosts)
+                if ratios is None:
+                    raise
+                modes = est.modes(layout, strict=False, memory=False, ratios=ratios)
+                row["compression_ratios"] = sorted(set(ratios))
         except UserError as e:
             flat = est.run("flat", est.shape("flat"), layout, memory=False)
             row.update({"flat": _short(flat), "sptt": None, "sptt_tm": None, "speedup": None, "note": str(e)})
@@ -343,10 +374,14 @@ def print_report(payload: dict) -> None:
         cells = [
             _ms((r[m] or {}).get(k)) if r[m] else "        -" for k in ("step_s", "comm_s") for m in ("flat", "sptt_tm")
         ]
+        spent = r.get("compression_ratios")
+        note = f"  per-tower ratios {', '.join(f'{c:.3g}' for c in spent)}" if spent else ""
         print(
             f"{r['gpus']:6d} {r['hosts']:6d} {cells[0]:>10} {cells[1]:>10} {cells[2]:>10} {cells[3]:>10} "
-            f"{step_x} {comm_x}"
+            f"{step_x} {comm_x}{note}"
         )
+    if any(r.get("compression_ratios") for r in payload["scaling"]):
+        print("per-tower ratios: those towers cannot take the uniform ratio; its bytes are spent by tower size")
 
 
 def plot_scaling(payload: dict, path: str | Path) -> Path:

@@ -167,11 +167,15 @@ def flat_model_config(cfg: ModelConfig) -> ModelConfig:
 
 
 def tower_model_config(
-    cfg: ModelConfig, towers: list[list[str]], compress: bool, ratio: float | None = None
+    cfg: ModelConfig, towers: list[list[str]], compress: bool, ratio: float | tuple[float, ...] | None = None
 ) -> ModelConfig:
     """The config's model with explicit towers. `compress=False`: identity Tower Modules (SPTT, CR 1);
-    `ratio`: one compression ratio for every tower instead of the config's. Per-tower ratios are
-    kept only when they match the number of towers."""
+    `ratio`: one compression ratio for every tower (or a tuple, one per tower) instead of the
+    config's. The config's per-tower ratios are kept only when they match the number of towers."""
+    if isinstance(ratio, tuple):
+        return dataclasses.replace(
+            cfg, towers=towers, towers_file="", num_towers=0, tower_compression_ratios=list(ratio)
+        )
     if compress:
         per_tower = cfg.tower_compression_ratios if len(cfg.tower_compression_ratios) == len(towers) else []
         if ratio is not None:
