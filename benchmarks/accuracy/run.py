@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 from benchmarks.accuracy import protocol
-from benchmarks.accuracy.jobs import Job, run_all, run_job
+from benchmarks.accuracy.jobs import Job, remember, run_all, run_job
 from benchmarks.accuracy.report import write_report
 from benchmarks.common import provenance
 
@@ -121,6 +121,8 @@ def main() -> None:
     path = HERE / "results.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result = {k: v for k, v in result.items() if k in STAGES}  # a results.json of the old layout starts afresh
+    for stage in result.values():
+        remember(stage.get("runs", []) if isinstance(stage, dict) else [])
     if not args.report:
         here = provenance()
         commit = here["commit"]
