@@ -353,4 +353,5 @@ def test_scaling_spends_the_uniform_budget_where_towers_cannot_take_it():
     rows = {r["gpus"]: r for r in scaling(est, 8, (64, 256, 1024))}
     assert "compression_ratios" not in rows[64] and rows[64]["speedup"]
     assert rows[256]["compression_ratios"] == [10 / 3, 5.0] and rows[256]["speedup"]["sptt_tm_over_flat"]["step"] > 1
-    assert rows[1024]["sptt_tm"] is None and "less than one 128-float unit for each of the 128 towers" in rows[1024]["note"]
+    assert rows[1024]["sptt_tm"] is None
+    assert "less than one 128-float unit for each of the 128 towers" in rows[1024]["note"]
