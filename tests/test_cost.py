@@ -9,7 +9,7 @@ import pytest
 from dmt.cli import main
 from dmt.config import ModelConfig, load_config
 from dmt.cost.estimate import Estimator
-from dmt.cost.ids import SaturatedIds
+from dmt.cost.ids import IdUnit, SaturatedIds
 from dmt.cost.memory import rank_memory
 from dmt.cost.presets import PRESETS, cluster
 from dmt.cost.timing import TimingModel, alltoall_busbw, mode_timing
@@ -320,9 +320,43 @@ def test_zipf_expectation_matches_the_synthetic_ids():
     batches = [next(stream) for _ in range(32)]  # the expectation is unbiased: within 2% at 64 batches
     for f in source.features:
         counted = sum(int(b.sparse.select([f.name]).values.unique().numel()) for b in batches) / len(batches)
-        assert stats.unique(f, 256) == pytest.approx(counted, rel=0.05), f
+        assert stats.unique(IdUnit.whole(f), 256) == pytest.approx(counted, rel=0.05), f
     longest = max(int(b.sparse.lengths.max()) for b in batches)
-    assert stats.length_bits(source.features[:12], 256) == pytest.approx(bits_for(longest + 1), abs=0.5)
+    units = [IdUnit.whole(f) for f in source.features[:12]]
+    assert stats.length_bits(units, 256) == pytest.approx(bits_for(longest + 1), abs=0.5)
+
+
+def test_row_shard_ids_match_the_synthetic_ids():
+    """A row range of a table: ZipfIds' expectation (share x the table's distinct ids, thinned bag
+    lengths) against counts on the data, and MeasuredIds' counts in the range against the data's."""
+    import torch
+
+    from dmt.cost.ids import MeasuredIds, ZipfIds
+
+    cfg = load_config(DLRM)
+    source = make_source(cfg.data)
+    zipf = ZipfIds(cfg.data.synthetic.zipf_exponent, cfg.data.synthetic.max_pooling)
+    measured = MeasuredIds(source, samples=256)
+    stream = source.train_batches(256)
+    batches = [next(stream) for _ in range(32)]
+    predicted, seen = 0.0, 0.0  # the expectation is over the source's rank -> id permutation: one
+    for f in source.features[:8]:  # permutation's head ranks sit in one shard or another, the sum does not
+        third = f.num_embeddings // 3
+        for rows in ((0, third), (third, f.num_embeddings)):
+            unit, counted, bits = IdUnit(f, rows), [], []
+            for b in batches:
+                values, lengths, _ = b.sparse.per_key()[f.name]
+                inside = (values >= rows[0]) & (values < rows[1])
+                counted.append(int(values[inside].unique().numel()))
+                bag = torch.repeat_interleave(torch.arange(lengths.numel()), lengths)
+                bits.append(bits_for(int(torch.bincount(bag[inside], minlength=lengths.numel()).max()) + 1))
+                if len(counted) == 1:  # MeasuredIds counted on the first 256 samples: exact there
+                    assert measured.unique(unit, 256) == counted[0]
+                    assert measured.length_bits([unit], 256) == bits[0]
+            assert zipf.unique(unit, 256) == pytest.approx(sum(counted) / len(counted), rel=0.25), (f, rows)
+            assert zipf.length_bits([unit], 256) == pytest.approx(sum(bits) / len(bits), abs=0.5)
+            predicted, seen = predicted + zipf.unique(unit, 256), seen + sum(counted) / len(counted)
+    assert predicted == pytest.approx(seen, rel=0.03)
 
 
 def test_deduplicated_ids_bring_sptt_tm_under_027_of_flat():

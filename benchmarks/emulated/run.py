@@ -205,8 +205,8 @@ def main() -> None:
                 *overrides,
             ]
             train_args = ["--config", args.config, "--set", *settings, "--out", str(out)]
+            pred = predict(args.config, settings, mode, ratio, layout, cluster)  # first: a bad model costs no run
             s = emulate(hosts, per_host, args.mbit, train_args, queue_ms=args.queue_ms)
-            pred = predict(args.config, settings, mode, ratio, layout, cluster)
             measured = s["comm"]["time_ms"]["min"]
             rows.append(
                 {

@@ -50,11 +50,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dmt.cost.ids import message_bytes
+from dmt.cost.ids import IdUnit, message_bytes
 from dmt.cost.workload import Workload
 from dmt.distributed.plan import ShardingPlan, plan_flat, plan_sptt
 from dmt.distributed.topology import Layout
-from dmt.specs import FeatureSpec
 
 COUNT_BYTES = 16  # int64 [2] per member: (lengths, ids) counts
 DEDUP_COUNT_BYTES = 24  # int64 [3] per member: (lengths, ids, message bytes)
@@ -298,7 +297,7 @@ def _id_bytes(plan: ShardingPlan) -> int:
     return 4 if plan.max_rows < 2**31 else 8
 
 
-def _dedup(workload: Workload, messages: list[list[FeatureSpec]], samples: np.ndarray | float) -> np.ndarray | None:
+def _dedup(workload: Workload, messages: list[list[IdUnit]], samples: np.ndarray | float) -> np.ndarray | None:
     """With dedup_ids: the bytes of the id message to each member j (the units `messages[j]`, for
     `samples[j]` samples)."""
     if workload.ids is None:
@@ -309,23 +308,20 @@ def _dedup(workload: Workload, messages: list[list[FeatureSpec]], samples: np.nd
     )
 
 
-def _unit_specs(plan: ShardingPlan, w: Workload, features: list[str], ranks: list[int]) -> list[list[FeatureSpec]]:
+def _unit_specs(plan: ShardingPlan, w: Workload, features: list[str], ranks: list[int]) -> list[list[IdUnit]]:
     """Per rank of `ranks`: the exchange units it serves among `features`, as an id message sees them
-    (a whole table's feature as it is; a shard of some rows: those rows, and their share of the ids).
-    The distinct ids of a row shard are estimated as those of a feature of its rows and ids (the
-    data's own law restricted to a row range is not modelled)."""
+    (a whole table's feature; a shard's row range of it)."""
     specs = {f.name: f for f in w.features}
-    out: dict[int, list[FeatureSpec]] = {r: [] for r in ranks}
+    out: dict[int, list[IdUnit]] = {r: [] for r in ranks}
     for f in features:
         spec, table = specs[f], plan.feature_table[f]
         if table not in plan.shards:
             if plan.table_owner[table] in out:
-                out[plan.table_owner[table]].append(spec)
+                out[plan.table_owner[table]].append(IdUnit.whole(spec))
             continue
-        for k, sh in enumerate(plan.shards[table]):
+        for sh in plan.shards[table]:
             if sh.rank in out:
-                share = sh.num_rows / spec.num_embeddings
-                out[sh.rank].append(FeatureSpec(f"{f}@{k}", table, sh.num_rows, spec.pooling_factor * share))
+                out[sh.rank].append(IdUnit(spec, sh.rows))
     return [out[r] for r in ranks]
 
 
