@@ -1,6 +1,7 @@
 """Accuracy of flat and DMT models on real and synthetic data, by the protocol of protocol.py.
 
     .venv/bin/python -m benchmarks.accuracy.run --stage select                 # every choice, on validation
+    .venv/bin/python -m benchmarks.accuracy.run --stage apply                  # write the choices into the configs
     .venv/bin/python -m benchmarks.accuracy.run --stage final                  # fresh seeds, test, run once
     .venv/bin/python -m benchmarks.accuracy.run --stage grid                   # CR 1..16 sweep, test, seeds 0-2
     .venv/bin/python -m benchmarks.accuracy.run --stage sptt                   # SPTT 2x2 against one process
@@ -84,6 +85,49 @@ def stage_grid(datasets: list[str], commit: str) -> dict:
     return {"runs": run_all(jobs, commit), "refused": refused}
 
 
+def set_in_toml(text: str, item: str, note: str) -> str:
+    """A config file's text with one `section.key=value` item (--set syntax) written into it: the key's
+    line replaced, or added at the end of its section; other lines and comments are kept."""
+    import re
+    import tomllib
+
+    dotted, value = item.split("=", 1)
+    section, key = dotted.split(".", 1)
+    try:
+        tomllib.loads(f"v = {value}")
+    except tomllib.TOMLDecodeError:
+        value = f'"{value}"'  # a bare string, as --set takes it
+    line = f"{key} = {value}  # {note}"
+    lines = text.splitlines()
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    while end > start + 1 and not lines[end - 1].strip():
+        end -= 1
+    for i in range(start + 1, end):
+        if re.match(rf"{re.escape(key)}\s*=", lines[i]):
+            lines[i] = line
+            break
+    else:
+        lines.insert(end, line)
+    return "\n".join(lines) + "\n"
+
+
+def apply_choices(dataset: str, choices: dict) -> list[str]:
+    """Write the selection's choices into the dataset's committed configs -> the files changed."""
+    changed = []
+    for family, c in choices.items():
+        for config, sets in ((family, c["flat_sets"]), (f"dmt_{family}", c["dmt_sets"])):
+            path = Path(f"dmt/configs/{dataset}_{config}.toml")
+            text = path.read_text()
+            note = f"chosen on {dataset} validation (benchmarks/accuracy, seeds {protocol.SELECTION_SEEDS[dataset]})"
+            for item in sets:
+                text = set_in_toml(text, item, note)
+            if text != path.read_text():
+                path.write_text(text)
+                changed.append(str(path))
+    return changed
+
+
 def check_committed(dataset: str, choices: dict) -> None:
     """The committed configs must hold the chosen settings: applying them changes nothing."""
     from dmt.config import load_config, to_dict
@@ -114,7 +158,7 @@ def _keep(old: list[dict], new: list[dict], datasets: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["select", "final", "grid", "sptt"])
+    ap.add_argument("--stage", choices=["select", "apply", "final", "grid", "sptt"])
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args()
@@ -135,6 +179,13 @@ def main() -> None:
                 runs += rows
                 choices[ds] = chosen
             result["selection"] = {**here, "runs": _keep(old.get("runs", []), runs, datasets), "choices": choices}
+        elif args.stage == "apply":
+            choices = result["selection"]["choices"]
+            for ds in args.datasets or list(choices):
+                apply_choices(ds, choices[ds])
+                check_committed(ds, choices[ds])
+                print(f"{ds}: the configs hold the chosen settings")
+            return
         elif args.stage == "final":
             datasets = args.datasets or DATASETS
             choices = result["selection"]["choices"]
