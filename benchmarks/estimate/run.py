@@ -71,7 +71,10 @@ def main() -> None:
         "",
         "## End-to-end speedup of SPTT + TM over flat by cluster size (8 GPUs per host)",
         "",
-        "The same config with compression ratio 4 (as shipped) or 8, on each preset.",
+        "The same config with compression ratio 4 (as shipped) or 8, on each preset. A size left out or a "
+        "cell `-`: the cost model refuses that layout, because the ratio's budget holds fewer whole "
+        "128-float units than the cluster has towers (one per host), or, at 4096 GPUs, there are more hosts "
+        "than features (`dmt estimate` prints the reason).",
         "",
     ]
     gpus = sorted({int(g) for row in result["scan"].values() for g in row})
