@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmt.cost.ids import SaturatedIds, message_bytes
+from dmt.cost.ids import IdUnit, SaturatedIds, message_bytes
 from dmt.distributed.idcodec import IdCodec, bit_stream, bits_for, pack, unpack
 from dmt.specs import FeatureSpec
 
@@ -46,7 +46,7 @@ def test_messages_round_trip(weighted):
 def test_cost_model_counts_the_encoded_bytes():
     """Bags of exactly 2 ids over every row of small tables: the cost model's SaturatedIds are exact."""
     rows, samples = {"a": 2, "b": 5, "c": 7}, 30
-    specs = [FeatureSpec(n, f"t_{n}", r, pooling_factor=2.0) for n, r in rows.items()]
+    specs = [IdUnit.whole(FeatureSpec(n, f"t_{n}", r, pooling_factor=2.0)) for n, r in rows.items()]
     parts = [(torch.arange(2 * samples) % r, torch.full((samples,), 2), None) for r in rows.values()]
     buf = IdCodec(rows).encode(parts, list(rows))
     assert buf.numel() == message_bytes(specs, samples, SaturatedIds())

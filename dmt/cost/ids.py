@@ -76,14 +76,10 @@ class IdStatistics(Protocol):
         ...
 
 
-def message_bytes(
-    units: Sequence[IdUnit | FeatureSpec], samples: float, stats: IdStatistics, weighted: bool = False
-) -> float:
-    """Bytes of one deduplicated message (the module docstring's sum); 0 for no units. A FeatureSpec
-    stands for its whole table."""
+def message_bytes(units: Sequence[IdUnit], samples: float, stats: IdStatistics, weighted: bool = False) -> float:
+    """Bytes of one deduplicated message (the module docstring's sum); 0 for no units."""
     if not units:
         return 0.0
-    units = [u if isinstance(u, IdUnit) else IdUnit.whole(u) for u in units]
     bits = len(units) * samples * stats.length_bits(units, samples)
     weights = 0.0
     for f in units:
@@ -151,9 +147,17 @@ class MeasuredIds:
         batch = next(source.train_batches(samples))
         self._parts = {k: (v.numpy(), n.numpy()) for k, (v, n, _) in batch.sparse.per_key().items()}
         self._cache: dict[tuple, float] = {}
+        self._windows_cache: dict[tuple, list[tuple[np.ndarray, np.ndarray]]] = {}
 
     def _windows(self, unit: IdUnit, samples: float) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per window of `samples` samples: the unit's ids and each bag's count of them."""
+        """Per window of `samples` samples: the unit's ids and each bag's count of them (cached: both
+        statistics read them, for every message of the unit)."""
+        key = ("w", unit, samples)
+        if key not in self._windows_cache:
+            self._windows_cache[key] = self._cut(unit, samples)
+        return self._windows_cache[key]
+
+    def _cut(self, unit: IdUnit, samples: float) -> list[tuple[np.ndarray, np.ndarray]]:
         values, lengths = self._parts[unit.feature.name]
         inside = (values >= unit.rows[0]) & (values < unit.rows[1])
         bag = np.repeat(np.arange(lengths.size), lengths)

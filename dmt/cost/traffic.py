@@ -340,7 +340,7 @@ def _two_hops(
     phases: list[list[PhaseTraffic]] = [[] for _ in range(layout.world)]
     peer_ids: dict[int, list[PhaseTraffic]] = {}
     peer_rows: dict[int, list[PhaseTraffic]] = {}
-    peer_dedup = _dedup(w, [[specs[f] for f in fs] for fs in host_features], b)
+    peer_dedup = _dedup(w, [[IdUnit.whole(specs[f]) for f in fs] for fs in host_features], b)
     for local in range(layout.ranks_per_host):
         g = _group("peer", layout.peer_ranks(local), layout)
         ids_and_rows = _exchange(
