@@ -69,7 +69,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Flat baseline and SPTT + Tower Modules side by side on the same data and cluster: the
     time-dilated emulated cluster where this machine allows it, loopback links elsewhere."""
     from dmt.config import load_config
-    from dmt.emulate.demo import can_emulate, gpu_prediction, run_emulated
+    from dmt.emulate.demo import can_emulate, dilation, gpu_prediction, run_emulated
+    from dmt.errors import UserError
     from dmt.train.report import print_comparison
     from dmt.train.run import run_training
 
@@ -84,7 +85,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     runs = [(name, [*overrides, *args.set]) for name, overrides in runs]
     why_not = "--loopback given" if args.loopback else can_emulate(args.hosts, args.ranks_per_host)
     if why_not is None:
-        rows = run_emulated(args.config, runs, args.hosts, args.ranks_per_host, args.like, out)
+        try:  # this machine's speed decides whether any batch fits the links it can shape
+            d = dilation(args.config, runs, args.hosts, args.ranks_per_host, args.like)
+        except UserError as e:
+            why_not = str(e)
+    if why_not is None:
+        rows = run_emulated(args.config, runs, args.hosts, args.ranks_per_host, args.like, out, d)
     else:
         rows = []
         for name, overrides in runs:

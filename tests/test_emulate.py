@@ -259,3 +259,37 @@ def test_two_tiers_wire_bytes_agree_with_our_counters(tmp_path):
         assert t["counted_bytes"] > 1e6, tier
         assert abs(t["payload_bytes"] / t["counted_bytes"] - 1) < 0.05, (tier, t)
         assert t["wire_bytes"] > t["counted_bytes"]  # the headers
+
+
+def test_demo_trains_on_loopback_when_no_batch_fits_the_links(monkeypatch, capsys, tmp_path):
+    """Where this machine could emulate but is too fast (or slow) for any batch to fit the links it
+    shapes, `dmt demo` says why in its loopback line and trains there, instead of failing."""
+    import dmt.train.run
+    from dmt.cli import main
+    from dmt.emulate import demo
+
+    def no_fit(*a):
+        raise UserError("--like h100: no batch from 8 to 65536 fits")
+
+    trained = []
+
+    def fake_training(cfg, out, nproc, ranks_per_host):
+        trained.append((cfg.dist.mode, nproc, ranks_per_host))
+        comm = {"cross_host_bytes": 1000.0 if cfg.dist.mode == "flat" else 250.0, "intra_host_bytes": 0.0}
+        return {
+            "model": cfg.model.arch,
+            "auc": 0.7,
+            "logloss": 0.5,
+            "examples_per_s": 100.0,
+            "step_ms": {"median": 1.0},
+            "comm": comm,
+        }
+
+    monkeypatch.setattr(demo, "can_emulate", lambda hosts, ranks_per_host: None)
+    monkeypatch.setattr(demo, "dilation", no_fit)
+    monkeypatch.setattr(demo, "run_emulated", lambda *a: pytest.fail("ran on emulated links"))
+    monkeypatch.setattr(dmt.train.run, "run_training", fake_training)
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    assert trained == [("flat", 4, 2), ("sptt", 4, 2)]
+    out = capsys.readouterr().out
+    assert "links: loopback (--like h100: no batch from 8 to 65536 fits), so this speedup shows compute alone" in out

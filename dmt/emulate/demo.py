@@ -4,16 +4,21 @@ Where this machine can emulate (root, iproute2): the flat baseline and SPTT + TM
 tiers of shaped links standing for the `--like` GPU (dilate.py); the cost model predicts both runs
 (predict.py), so the demo prints measured and predicted speedup beside AUC and bytes. Elsewhere
 the runs use loopback links as before, and the demo prints what the cost model predicts for the
-same layout on the GPU preset.
+same layout on the GPU preset; so it does where no batch fits the links this machine shapes (its
+speed sets the dilation), and the loopback line says why.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dmt.config import Config
 from dmt.errors import UserError
+
+if TYPE_CHECKING:
+    from dmt.emulate.dilate import Dilation
 
 
 def can_emulate(hosts: int, ranks_per_host: int) -> str | None:
@@ -27,23 +32,38 @@ def can_emulate(hosts: int, ranks_per_host: int) -> str | None:
     return None
 
 
+QUIET = ["train.tensorboard=false"]
+
+
+def dilation(config: str, runs: list[tuple[str, list[str]]], hosts: int, ranks_per_host: int, like: str) -> Dilation:
+    """The batch and link rates at which this machine's links stand for `like` (dilate.py), from the
+    baseline run's model; UserError (one line) where no batch fits the links this machine shapes."""
+    from dmt.config import load_config
+    from dmt.emulate.dilate import dilate_config
+
+    return dilate_config(like, load_config(config, [*runs[0][1], *QUIET]), hosts, ranks_per_host)
+
+
 def run_emulated(
-    config: str, runs: list[tuple[str, list[str]]], hosts: int, ranks_per_host: int, like: str, out: Path
+    config: str,
+    runs: list[tuple[str, list[str]]],
+    hosts: int,
+    ranks_per_host: int,
+    like: str,
+    out: Path,
+    d: Dilation,
 ) -> list[dict]:
-    """Both runs on the dilated cluster. runs: (name, overrides); the first is the baseline.
-    -> [{"name", "summary", "predicted"}] with the dilation in the first row"""
+    """Both runs on the cluster dilated by `d` (`dilation`). runs: (name, overrides); the first is
+    the baseline. -> [{"name", "summary", "predicted"}] with the dilation in the first row"""
     from dmt.config import load_config
     from dmt.cost.calibrate import fit_cpu, measure_step
     from dmt.cost.presets import emulated
     from dmt.emulate import emulate
-    from dmt.emulate.dilate import dilate_config, print_dilation, variant
+    from dmt.emulate.dilate import print_dilation, variant
     from dmt.emulate.predict import emulated_cluster, link_facts, predict
 
-    quiet = ["train.tensorboard=false"]
-    base = load_config(config, [*runs[0][1], *quiet])
-    d = dilate_config(like, base, hosts, ranks_per_host)
     print_dilation(d)
-    cfgs = [(name, [*overrides, *quiet, f"train.batch_size={d.batch_size}"]) for name, overrides in runs]
+    cfgs = [(name, [*overrides, *QUIET, f"train.batch_size={d.batch_size}"]) for name, overrides in runs]
     measured = {name: measure_step(name, load_config(config, s)) for name, s in cfgs}
     cpu = fit_cpu(
         emulated(100.0, 1.0, 0.0, 0.0),
