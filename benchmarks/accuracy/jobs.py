@@ -4,8 +4,12 @@ A job is a config, `--set` items and a seed; it runs in its own directory under 
 (not committed), which also holds job.json (command, commit, wall time). A job whose directory
 already holds a finished run of the same command and the same resolved config (the config file
 may have changed since: the one in the run's model.pt is compared) is not run again: its row is
-read back. So is a job whose row results.json already holds (`remember`), with the same command
-and the same resolved config (its digest is in the row): a fresh checkout resumes the protocol.
+read back. So is a job whose row results.json or the journal already holds (`remember`), with the
+same command and the same resolved config (its digest is in the row).
+
+The journal, journal.jsonl beside this file (committed), gets each run's row the moment the run
+ends, so a stage that is stopped part way (or a session that ends) loses no finished run: a fresh
+checkout resumes the protocol from it.
 """
 
 from __future__ import annotations
@@ -15,12 +19,14 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 RUNS = Path("runs/bench_accuracy")
+JOURNAL = Path(__file__).parent / "journal.jsonl"
 QUIET = ["train.progress=false", "train.tensorboard=false"]
 
 
@@ -85,6 +91,7 @@ def tower_widths(config: dict) -> list[int] | None:
 
 
 REMEMBERED: dict[tuple[str, str], dict] = {}  # (command, config digest) -> a row of results.json
+_JOURNAL_LOCK = threading.Lock()
 
 
 def digest(config: dict) -> str:
@@ -96,6 +103,24 @@ def remember(rows: list[dict]) -> None:
     for r in rows:
         if r.get("config_digest"):
             REMEMBERED[(r["command"], r["config_digest"])] = r
+
+
+def read_journal(path: Path = JOURNAL) -> list[dict]:
+    """Every row the journal holds (a line cut short by a killed writer is skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _journal(row: dict, path: Path = JOURNAL) -> None:
+    with _JOURNAL_LOCK, path.open("a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
 
 
 def _row(job: Job, summary: dict, meta: dict, config: dict) -> dict:
@@ -143,6 +168,8 @@ def run_job(job: Job, commit: str, nproc: int = 0, ranks_per_host: int = 0) -> d
     meta = {"command": shown, "commit": commit, "wall_s": time.perf_counter() - t0}
     meta_path.write_text(json.dumps(meta, indent=2))
     row = _row(job, json.loads(summary_path.read_text()), meta, run_config(job.out))
+    _journal(row)
+    REMEMBERED[(shown, row["config_digest"])] = row
     print(
         json.dumps({k: row[k] for k in ("dataset", "config", "variant", "split", "seed", "auc", "wall_s")}), flush=True
     )

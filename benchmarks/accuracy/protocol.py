@@ -114,22 +114,25 @@ SCREEN_ON = "nycflights13"
 BASELINE_MODULE = {"dlrm": "compress_h64", "dcn": "compress_cross3"}
 
 
-def screened(dataset: str, family: str) -> list[str]:
-    """The module candidates of `dataset`: all on SCREEN_ON, else its top three there + the baseline."""
+def module_jobs(dataset: str, family: str, names: list[str]) -> list[Job]:
+    """The module stage's jobs: each candidate at uniform CR 4's widths and the default training."""
+    sets = [*train_sets(DEFAULT_TRAIN[dataset]), *ratio_sets(budget_ratios(dataset, family, 1.0))]
+    return [
+        Job(dataset, f"dmt_{family}", f"module/{name}", seed, "validation", (*MODULES[family][name], *sets))
+        for name in names
+        for seed in SELECTION_SEEDS[dataset]
+    ]
+
+
+def screened(dataset: str, family: str, commit: str) -> list[str]:
+    """The module candidates of `dataset`: all on SCREEN_ON, else its top three there + the baseline
+    (SCREEN_ON's module runs are read back from the journal, or run if it lacks them)."""
     if dataset == SCREEN_ON:
         return list(MODULES[family])
-    means = {}
-    for name in MODULES[family]:
-        aucs = []
-        for seed in SELECTION_SEEDS[SCREEN_ON]:
-            job = Job(SCREEN_ON, f"dmt_{family}", f"module/{name}", seed, "validation")
-            path = job.out / "summary.json"
-            if not path.is_file():
-                raise SystemExit(f"{path} is missing: run the {SCREEN_ON} selection first")
-            aucs.append(json.loads(path.read_text())["auc"])
-        means[name] = statistics.fmean(aucs)
-    top = sorted(means, key=lambda n: -means[n])[:3]
-    return top + [BASELINE_MODULE[family]] * (BASELINE_MODULE[family] not in top)
+    top = [name for name, _ in ranked(run_all(module_jobs(SCREEN_ON, family, list(MODULES[family])), commit))][:3]
+    return [n.split("/", 1)[1] for n in top] + [BASELINE_MODULE[family]] * (
+        f"module/{BASELINE_MODULE[family]}" not in top
+    )
 
 
 MIXES = [1.0, 0.5, 0.0]  # share of the budget spent by tower size (1: uniform) rather than cross interaction
@@ -166,13 +169,17 @@ def ratio_sets(proposal: dict) -> list[str]:
     return [f"model.tower_compression_ratios=[{ratios}]"]
 
 
-def best(rows: list[dict]) -> tuple[str, float]:
-    """-> (variant, mean AUC) with the highest mean AUC over its seeds (ties: first listed)."""
+def ranked(rows: list[dict]) -> list[tuple[str, float]]:
+    """-> (variant, mean AUC over its seeds), best first (ties: first listed)."""
     means: dict[str, list[float]] = {}
     for r in rows:
         means.setdefault(r["variant"], []).append(r["auc"])
-    name = max(means, key=lambda v: statistics.fmean(means[v]))
-    return name, statistics.fmean(means[name])
+    return sorted(((v, statistics.fmean(a)) for v, a in means.items()), key=lambda va: -va[1])
+
+
+def best(rows: list[dict]) -> tuple[str, float]:
+    """-> (variant, mean AUC) with the highest mean AUC over its seeds (ties: first listed)."""
+    return ranked(rows)[0]
 
 
 def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
@@ -214,7 +221,7 @@ def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
         flat_sets = tune("flat", family, "flat", [], [])
         default = train_sets(DEFAULT_TRAIN[dataset])
         uniform = budget_ratios(dataset, family, 1.0)
-        modules = {m: MODULES[family][m] for m in screened(dataset, family)}
+        modules = {m: MODULES[family][m] for m in screened(dataset, family, commit)}
         dmt = f"dmt_{family}"
         module = stage(
             "module", dmt, "module", {m: [*sets, *default, *ratio_sets(uniform)] for m, sets in modules.items()}

@@ -9,8 +9,9 @@
 
 `--datasets` limits a stage to some datasets (its other datasets' results are kept). Each run is one
 `dmt train` process (OMP_NUM_THREADS=1, nice 10, two at a time) in runs/bench_accuracy/ (not
-committed); a run already there with the same command is read back, not rerun. results.json
-keeps every run of every stage with its command and commit.
+committed); a run already there with the same command is read back, not rerun. Each finished
+run's row also goes to journal.jsonl (committed) at once, so a stage stopped part way resumes from a
+fresh checkout. results.json keeps every run of every stage with its command and commit.
 
 `--stage final` first checks that the committed configs hold the settings the selection chose
 (applying the chosen `--set` items to them changes nothing), so the final runs test what was
@@ -24,7 +25,7 @@ import json
 from pathlib import Path
 
 from benchmarks.accuracy import protocol
-from benchmarks.accuracy.jobs import Job, remember, run_all, run_job
+from benchmarks.accuracy.jobs import Job, read_journal, remember, run_all, run_job
 from benchmarks.accuracy.report import write_report
 from benchmarks.common import provenance
 
@@ -167,6 +168,7 @@ def main() -> None:
     result = {k: v for k, v in result.items() if k in STAGES}  # a results.json of the old layout starts afresh
     for stage in result.values():
         remember(stage.get("runs", []) if isinstance(stage, dict) else [])
+    remember(read_journal())
     if not args.report:
         here = provenance()
         commit = here["commit"]

@@ -1,0 +1,62 @@
+"""The accuracy benchmark's protocol: the journal resumes a stopped stage, paired intervals, config edits."""
+
+import json
+import subprocess
+
+import pytest
+
+from benchmarks.accuracy import jobs, protocol
+from benchmarks.accuracy.run import set_in_toml
+
+
+def test_a_run_in_the_journal_is_read_back_not_rerun(tmp_path, monkeypatch):
+    journal = tmp_path / "journal.jsonl"
+    monkeypatch.setattr(jobs, "JOURNAL", journal)
+    monkeypatch.setattr(jobs, "REMEMBERED", {})
+    job = jobs.Job("nycflights13", "dcn", "flat", 7, "validation", ("train.steps=5",))
+    shown = " ".join(["python", *job.command()[1:]])
+    row = {"command": shown, "config_digest": jobs.digest(job.resolved()), "auc": 0.75, "variant": "old"}
+    journal.write_text(json.dumps(row) + "\n" + '{"command": "python -m dmt train --cut sh')  # a killed writer
+    assert jobs.read_journal(journal) == [row]
+
+    def no_run(*a, **k):
+        raise AssertionError("a journaled run was started again")
+
+    monkeypatch.setattr(subprocess, "run", no_run)
+    jobs.remember(jobs.read_journal(journal))
+    got = jobs.run_job(job, "abc")
+    assert got["auc"] == 0.75 and got["variant"] == "flat"
+    other = jobs.Job("nycflights13", "dcn", "flat", 7, "validation", ("train.steps=6",))  # another config
+    with pytest.raises(AssertionError, match="started again"):
+        jobs.run_job(other, "abc")
+
+
+def test_module_jobs_are_the_module_stage_s_runs():
+    """screened() reads nycflights13's module runs back by the same commands the module stage runs."""
+    got = protocol.module_jobs("nycflights13", "dcn", ["compress_cross3"])
+    assert [j.seed for j in got] == protocol.SELECTION_SEEDS["nycflights13"]
+    sets = got[0].sets
+    assert sets[:2] == tuple(protocol.MODULES["dcn"]["compress_cross3"])
+    assert "train.steps=1000" in sets and sets[-1].startswith("model.tower_compression_ratios=[")
+
+
+def test_paired_difference_and_its_t_interval():
+    rows = [
+        {"dataset": "d", "config": c, "seed": s, "auc": auc}
+        for s, (flat, dmt) in enumerate([(0.780, 0.781), (0.770, 0.772), (0.790, 0.793)])
+        for c, auc in (("dcn", flat), ("dmt_dcn", dmt))
+    ]
+    (pair,) = protocol.paired(rows)
+    assert pair["family"] == "dcn" and pair["seeds"] == [0, 1, 2]
+    assert pair["diff_mean"] == pytest.approx(0.002)
+    assert pair["diff_std"] == pytest.approx(0.001)
+    half = 4.302652729911275 * 0.001 / 3**0.5  # t(0.975, 2 degrees of freedom)
+    assert pair["ci95"] == pytest.approx([0.002 - half, 0.002 + half])
+
+
+def test_set_in_toml_replaces_a_key_or_adds_it_to_its_section():
+    text = '[model]\narch = "dcn"  # the head\n\n[train]\nsteps = 1000\n'
+    out = set_in_toml(text, "train.steps=700", "chosen")
+    assert "steps = 700  # chosen" in out and "steps = 1000" not in out
+    out = set_in_toml(out, "model.tower_module=residual", "chosen")
+    assert out.splitlines()[:3] == ["[model]", 'arch = "dcn"  # the head', 'tower_module = "residual"  # chosen']
