@@ -31,6 +31,26 @@ def test_a_run_in_the_journal_is_read_back_not_rerun(tmp_path, monkeypatch):
         jobs.run_job(other, "abc")
 
 
+def test_a_finished_run_is_journaled_and_a_run_directory_of_before_is_journaled_on_read_back(tmp_path, monkeypatch):
+    journal = tmp_path / "journal.jsonl"
+    monkeypatch.setattr(jobs, "JOURNAL", journal)
+    monkeypatch.setattr(jobs, "REMEMBERED", {})
+    monkeypatch.setattr(jobs, "RUNS", tmp_path / "runs")
+    job = jobs.Job("synthetic", "dcn", "flat", 0, "validation", ("train.steps=3", "data.synthetic.eval_samples=1024"))
+    row = jobs.run_job(job, "abc")
+    assert row["steps"] == 3 and row["commit"] == "abc" and jobs.read_journal(journal) == [row]
+
+    journal.unlink()  # a run directory without its journal line (a run of before the journal)
+    jobs.REMEMBERED.clear()
+
+    def no_run(*a, **k):
+        raise AssertionError("a finished run was started again")
+
+    monkeypatch.setattr(subprocess, "run", no_run)
+    assert jobs.run_job(job, "def") == row
+    assert jobs.read_journal(journal) == [row]
+
+
 def test_module_jobs_are_the_module_stage_s_runs():
     """screened() reads nycflights13's module runs back by the same commands the module stage runs."""
     got = protocol.module_jobs("nycflights13", "dcn", ["compress_cross3"])

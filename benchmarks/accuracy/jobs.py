@@ -118,8 +118,8 @@ def read_journal(path: Path = JOURNAL) -> list[dict]:
     return rows
 
 
-def _journal(row: dict, path: Path = JOURNAL) -> None:
-    with _JOURNAL_LOCK, path.open("a") as f:
+def _journal(row: dict) -> None:
+    with _JOURNAL_LOCK, JOURNAL.open("a") as f:
         f.write(json.dumps(row, sort_keys=True) + "\n")
 
 
@@ -159,7 +159,10 @@ def run_job(job: Job, commit: str, nproc: int = 0, ranks_per_host: int = 0) -> d
     if meta_path.is_file() and summary_path.is_file():
         meta, config = json.loads(meta_path.read_text()), run_config(job.out)
         if meta["command"] == shown and config == job.resolved():
-            return _row(job, json.loads(summary_path.read_text()), meta, config)
+            row = _row(job, json.loads(summary_path.read_text()), meta, config)
+            _journal(row)  # a run of before the journal, or one whose line was lost: kept from now on
+            REMEMBERED[(shown, row["config_digest"])] = row
+            return row
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     t0 = time.perf_counter()
     done = subprocess.run(["nice", "-n", "10", *cmd], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
