@@ -113,6 +113,17 @@ def test_dilation_halves_or_doubles_the_batch_until_both_rates_fit():
     assert dilate.choose_batch(16, lambda b: (1e4, 1e3)) == dilate.MIN_BATCH  # nothing fits: the smallest
 
 
+def test_a_machine_too_fast_for_the_links_slows_its_compute_instead():
+    """rates(b) -> (intra, uplink, compute s per step) without a quota: intra 3200 Mbit/s at every batch,
+    1 ms per 32 samples; a slowdown of 10 brings intra to SLOWED_MBIT (320)."""
+    rates = lambda b: (3200.0, 320.0, 1e-3 * b / 32)  # noqa: E731
+    assert dilate.SLOWED_MBIT == 320
+    assert dilate.slowed_batch(256, rates) == (256, 10.0)  # 8 ms x 10 = 80 ms, under 100 ms
+    assert dilate.slowed_batch(1024, rates) == (256, 10.0)  # 1024: 320 ms, 512: 160 ms per slowed step
+    assert dilate.slowed_batch(64, lambda b: (1e5, 1e3, 1e-3)) == (64, 312.5)  # above MAX_SLOWDOWN: refused later
+    assert dilate.slowed_batch(64, lambda b: (3200.0, 10.0, 1e-3))[1] == 10.0  # uplink 1 Mbit/s: below MIN_MBIT
+
+
 def test_ranks_sharing_cores(monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda _: {0, 1})
     assert dilate.cores_shared(2, 2) == 2.0  # one core per host, two ranks on it

@@ -14,7 +14,15 @@ while the GPU preset's step grows with the batch alone; so the factor falls as t
 and the rates rise. Where a rate would exceed what tbf shapes faithfully here (MAX_MBIT), the
 batch per rank is halved until it fits (at least MIN_BATCH samples), and where rates would fall
 below MIN_MBIT it is doubled; the emulated cluster then stands for the GPU cluster training at
-that batch. Latencies are not dilated: the emulated links have this machine's (a few hundred
+that batch.
+
+A machine that computes less than about 7000x slower than an H100 needs intra-host links above
+MAX_MBIT at every batch (the factor falls towards a floor as the batch grows, and the smallest
+batch only lifts it a little). There compute is slowed instead (slow_compute): each host gets a
+CPU quota (quota.py) so that a rank has `rank_cpu_share` of a core, 1/s of its share without one;
+the factor grows by s and both rates fall by s, to SLOWED_MBIT. The batch is then the largest
+(the config's, halved) whose slowed compute step stays under MAX_SLOWED_STEP_S with s at most
+MAX_SLOWDOWN, so that runs stay short. Latencies are not dilated: the emulated links have this machine's (a few hundred
 microseconds per collective), much less than the GPU's 4 / 25 us times the factor, so the emulator
 favours many small messages (docs/emulation.md).
 """
@@ -32,6 +40,9 @@ from dmt.errors import UserError
 MIN_MBIT = 2.0  # below this TCP's own timers, not the rate, decide how long a transfer takes
 MIN_BATCH = 8
 MAX_BATCH = 1 << 16
+SLOWED_MBIT = 0.8 * MAX_MBIT  # the faster link's rate when compute is slowed (headroom for softirq)
+MAX_SLOWDOWN = 32.0
+MAX_SLOWED_STEP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -40,13 +51,14 @@ class Dilation:
     factor: float
     batch_size: int  # per rank, as emulated (the config's, or what the rates needed)
     config_batch_size: int
-    cpu_step_s: float  # one rank's compute per step here (ranks sharing cores included)
+    cpu_step_s: float  # one rank's compute per step here (ranks sharing cores and the quota included)
     gpu_step_s: float  # the GPU preset's
-    cores_shared: float
+    cores_shared: float  # how many times a rank's one-core compute time a step takes: 1 / its share
     intra_mbit: float
     uplink_mbit: float
     train_args: list[str] = field(default_factory=list)
     cpu: dict = field(default_factory=dict)  # the calibrated CPU preset's compute fields
+    rank_cpu_share: float | None = None  # the share of a core each rank gets under a quota; None: no quota
 
     def as_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "train_args"}
@@ -101,6 +113,24 @@ def choose_batch(batch: int, rates) -> int:
     return b
 
 
+def slowed_batch(batch: int, rates) -> tuple[int, float]:
+    """The batch (batch, halved) and slowdown s >= 1 for a machine too fast for the links: rates(b)
+    -> (intra, uplink, unslowed compute seconds per step) without a quota. The largest batch whose
+    slowdown to SLOWED_MBIT is at most MAX_SLOWDOWN and whose slowed step is under MAX_SLOWED_STEP_S;
+    where none is, the one with the smallest slowdown."""
+    tried = []
+    b = batch
+    while b >= MIN_BATCH:
+        intra, up, t_cpu = rates(b)
+        s = max(1.0, max(intra, up) / SLOWED_MBIT)
+        if s <= MAX_SLOWDOWN and s * t_cpu <= MAX_SLOWED_STEP_S and min(intra, up) / s >= MIN_MBIT:
+            return b, s
+        tried.append((s, -b))
+        b //= 2
+    s, b = min(tried)
+    return -b, s
+
+
 def dilate(like: str, hosts: int, ranks_per_host: int, train_args: list[str]) -> Dilation:
     """`dmt emulate --like`: the training arguments' config -> batch and both link rates."""
     from dmt.emulate import preflight
@@ -109,9 +139,15 @@ def dilate(like: str, hosts: int, ranks_per_host: int, train_args: list[str]) ->
 
 
 def dilate_config(
-    like: str, cfg: Config, hosts: int, ranks_per_host: int, train_args: list[str] | None = None
+    like: str,
+    cfg: Config,
+    hosts: int,
+    ranks_per_host: int,
+    train_args: list[str] | None = None,
+    slow_compute: bool = True,
 ) -> Dilation:
-    """Calibrate this CPU on cfg's model and choose the batch and both link rates."""
+    """Calibrate this CPU on cfg's model and choose the batch and both link rates; slow_compute:
+    where no batch fits the links, give each host a CPU quota (quota.py) rather than refuse."""
     from dmt.cost.calibrate import fit_cpu, measure_step
     from dmt.cost.presets import PRESETS, emulated
 
@@ -121,17 +157,20 @@ def dilate_config(
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     m = measure_step("config", cfg)
     cpu = fit_cpu(emulated(100.0, 1.0, 0.0, 0.0), [(cfg, mode, ratio, m)])
-    cpu = dataclasses.replace(cpu, cores_shared=cores_shared(hosts, ranks_per_host))
+    shared = cores_shared(hosts, ranks_per_host)
 
-    def rates(b: int) -> tuple[float, float, float, float, float]:
-        c = _with_batch(cfg, b)
-        t_cpu, t_gpu = step_seconds(c, cpu, hosts, ranks_per_host, m.ops), step_seconds(c, gpu, hosts, ranks_per_host)
+    def rates(b: int, slowdown: float = 1.0) -> tuple[float, float, float, float, float]:
+        c, slowed = _with_batch(cfg, b), dataclasses.replace(cpu, cores_shared=shared * slowdown)
+        t_cpu = step_seconds(c, slowed, hosts, ranks_per_host, m.ops)
+        t_gpu = step_seconds(c, gpu, hosts, ranks_per_host)
         factor = t_cpu / t_gpu
         intra = gpu.intra_gbps * 8e3 / factor
         return factor, intra, ranks_per_host * gpu.nic_gbps * 8e3 / factor, t_cpu, t_gpu
 
-    b = choose_batch(cfg.train.batch_size, lambda n: rates(n)[1:3])
-    factor, intra, up, t_cpu, t_gpu = rates(b)
+    b, slowdown = choose_batch(cfg.train.batch_size, lambda n: rates(n)[1:3]), 1.0
+    if slow_compute and max(rates(b)[1:3]) > MAX_MBIT:
+        b, slowdown = slowed_batch(cfg.train.batch_size, lambda n: (*rates(n)[1:4],))
+    factor, intra, up, t_cpu, t_gpu = rates(b, slowdown)
     if max(intra, up) > MAX_MBIT or min(intra, up) < MIN_MBIT:
         raise UserError(
             f"--like {like}: at {b} samples per rank the links would need {intra:.0f} Mbit/s per rank and "
@@ -147,11 +186,12 @@ def dilate_config(
         cfg.train.batch_size,
         t_cpu,
         t_gpu,
-        cpu.cores_shared,
+        shared * slowdown,
         intra,
         up,
         args,
-        {k: getattr(cpu, k) for k in fields},
+        {**{k: getattr(cpu, k) for k in fields}, "cores_shared": shared * slowdown},
+        1 / (shared * slowdown) if slowdown > 1 else None,
     )
 
 
@@ -164,6 +204,11 @@ def print_dilation(d: Dilation) -> None:
         print(
             f"  batch {d.config_batch_size} per rank would need links above {MAX_MBIT} Mbit/s (or below "
             f"{MIN_MBIT:g}); emulating {d.batch_size} per rank instead"
+        )
+    if d.rank_cpu_share is not None:
+        print(
+            f"  this machine is too fast for links tbf shapes faithfully (at most {MAX_MBIT} Mbit/s): each "
+            f"host gets a CPU quota, {d.rank_cpu_share:.3f} of a core per rank"
         )
     print(
         f"  links / {d.factor:.0f}: {d.intra_mbit:.1f} Mbit/s per rank into its host's switch, "
