@@ -258,7 +258,7 @@ def cmd_emulate(args: argparse.Namespace) -> int:
         intra_host_mbit=rates.intra_host_mbit,
         faults=faults,
         max_restarts=args.max_restarts,
-        rank_cpu_share=rates.rank_cpu_share,
+        compute_slowdown=rates.compute_slowdown,
     )
     if rates.dilation is not None:
         summary["dilation"] = rates.dilation

@@ -114,7 +114,7 @@ def test_dilation_halves_or_doubles_the_batch_until_both_rates_fit():
 
 
 def test_a_machine_too_fast_for_the_links_slows_its_compute_instead():
-    """rates(b) -> (intra, uplink, compute s per step) without a quota: intra 3200 Mbit/s at every batch,
+    """rates(b) -> (intra, uplink, compute s per step) at this machine's speed: intra 3200 Mbit/s at every batch,
     1 ms per 32 samples; a slowdown of 10 brings intra to SLOWED_MBIT (320)."""
     rates = lambda b: (3200.0, 320.0, 1e-3 * b / 32)  # noqa: E731
     assert dilate.SLOWED_MBIT == 320

@@ -69,9 +69,7 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
     )
     cpu = dataclasses.replace(cpu, cores_shared=d.cores_shared)
     base = RUNS_DIR / Path(config).stem / topo
-    facts = link_facts(
-        hosts, per_host, d.uplink_mbit, base / "probe", intra_host_mbit=d.intra_mbit, rank_cpu_share=d.rank_cpu_share
-    )
+    facts = link_facts(hosts, per_host, d.uplink_mbit, base / "probe", intra_host_mbit=d.intra_mbit)
     cluster = emulated_cluster(facts, cpu)
     rows = []
     for name, mode, ratio, s in variants:
@@ -83,7 +81,7 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
             d.uplink_mbit,
             ["--config", config, "--set", *s, "--out", str(out)],
             intra_host_mbit=d.intra_mbit,
-            rank_cpu_share=d.rank_cpu_share,
+            compute_slowdown=d.compute_slowdown,
         )
         est = predict(cfg, cluster, hosts, per_host, mode, ratio, measured[name].ops)
         gpu = predict(cfg, PRESETS[like], hosts, per_host, mode, ratio, measured[name].ops)
@@ -111,7 +109,7 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
                 per_host,
                 d.uplink_mbit,
                 ["--config", config, "--set", *s, "--out", f"{out}_free_intra"],
-                rank_cpu_share=d.rank_cpu_share,
+                compute_slowdown=d.compute_slowdown,
             )
             rows[-1]["free_intra_host_examples_per_s"] = free["examples_per_s"]
         keys = ("config", "topology", "run", "examples_per_s", "error", "free_intra_host_examples_per_s")

@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
+from dmt import slowdown
 from dmt.sparse import Batch, KeyedJagged
 
 T = TypeVar("T")
@@ -68,9 +69,11 @@ class Prefetcher(Iterator[Batch]):
     def __next__(self) -> Batch:
         if self._done:
             raise StopIteration
+        slowdown.pace()  # the emulator's slowed compute (dmt/slowdown.py); waiting for a batch is not
         while True:
             try:
                 kind, item = self._queue.get(timeout=POLL_S)
+                slowdown.restart()
                 break
             except queue.Empty:
                 if not self._thread.is_alive() and self._queue.empty():
@@ -110,9 +113,11 @@ def _fill(batches: Iterator[Batch], out: queue.Queue, stop: threading.Event, pin
     """The worker: move batches into `out` until the source ends, fails, or `stop` is set."""
 
     def put(kind: int, item: object) -> bool:
+        slowdown.pace()  # the emulator's slowed compute (dmt/slowdown.py); a full queue is a wait
         while not stop.is_set():
             try:
                 out.put((kind, item), timeout=POLL_S)
+                slowdown.restart()
                 return True
             except queue.Full:
                 continue
@@ -154,11 +159,24 @@ def ordered_map(fn: Callable[[T], R], items: Iterable[T], threads: int) -> Itera
         pending: deque = deque()
         try:
             for item in items:
-                pending.append(pool.submit(fn, item))
+                pending.append(pool.submit(_paced, fn, item))
                 if len(pending) >= threads:
-                    yield pending.popleft().result()
+                    yield _wait(pending.popleft())
             while pending:
-                yield pending.popleft().result()
+                yield _wait(pending.popleft())
         finally:
             for future in pending:
                 future.cancel()
+
+
+def _paced(fn: Callable[[T], R], item: T) -> R:
+    """fn(item) in a worker thread, stretched by the emulator's slowed compute (dmt/slowdown.py)."""
+    slowdown.restart()
+    out = fn(item)
+    slowdown.pace()
+    return out
+
+
+def _wait(future):
+    with slowdown.waiting():
+        return future.result()

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from dmt import slowdown
 from dmt.distributed.topology import Layout
 from dmt.distributed.wire import RowWire
 from dmt.guard import device_sync
@@ -146,13 +147,14 @@ class Exchange:
         out = x.new_empty((sum(recv), *x.shape[1:]))
         x = x.contiguous()
         _sync(x, self.profile)
-        start = time.perf_counter()
-        if self.receives_first:
-            self._receives_first(out, x, send, recv)
-        else:
-            dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
-        _sync(out, self.profile)
-        self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter(), tuple(self.members))
+        with slowdown.waiting():  # the emulator's slowed compute: the work before it (dmt/slowdown.py)
+            start = time.perf_counter()
+            if self.receives_first:
+                self._receives_first(out, x, send, recv)
+            else:
+                dist.all_to_all_single(out, x, output_split_sizes=recv, input_split_sizes=send, group=self.group)
+            _sync(out, self.profile)
+            self.counter.add_time(f"{self.name}.{phase}", start, time.perf_counter(), tuple(self.members))
         row = x[0].numel() if x.dim() > 1 else 1
         self._count(phase, [n * row for n in send], x.element_size())
         return out

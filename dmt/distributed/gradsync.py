@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd import Variable
 
+from dmt import slowdown
 from dmt.distributed.comm import CommCounter
 from dmt.timing import PhaseTimer
 
@@ -84,13 +85,15 @@ class Bucket:
         counter.allreduce_bytes += wire.numel() * wire.element_size()
         if self.cross_host:
             counter.allreduce_cross_host_bytes += wire.numel() * wire.element_size()
+        slowdown.pace()  # the emulator's slowed compute (dmt/slowdown.py)
         start = time.perf_counter()
         work = dist.all_reduce(wire, group=self.group, async_op=True)
         done: list[float] = []  # when the backend finished it (the wait may come much later)
         work.get_future().add_done_callback(lambda _: done.append(time.perf_counter()))
 
         def finish() -> None:
-            work.wait()
+            with slowdown.waiting():
+                work.wait()
             end = done[0] if done else time.perf_counter()
             counter.allreduce_s += end - start
             counter.intervals.append((start, end, self.members))

@@ -4,7 +4,6 @@
     launch.py    one torchrun per host or rank, their logs, and the one line that says what failed
     faults.py    link outages, packet loss and killed ranks (--fault)
     dilate.py    --like h100: link rates scaled by how much slower this machine computes the step
-    quota.py     a CPU quota per host, where --like must slow compute instead of links
 
 The ranks learn their link's name (DMT_LINK_IFACE) and record what it carried during the training
 loop (summary.json `link_train`); `link_bytes` adds the whole run's totals, read before tear-down;
@@ -25,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-from dmt.emulate import launch, network, quota
+from dmt import slowdown
+from dmt.emulate import launch, network
 from dmt.emulate.faults import Fault, LinkFaults, check_faults, kill_env, stalls
 from dmt.emulate.network import MAX_MBIT, PREFIX, EmulatedCluster, host_cores, remove_stale
 from dmt.emulate.tiers import link_tiers
@@ -86,16 +86,16 @@ def emulate(
     intra_host_mbit: float | None = None,
     faults: list[Fault] | tuple[Fault, ...] = (),
     max_restarts: int = 0,
-    rank_cpu_share: float | None = None,
+    compute_slowdown: float | None = None,
 ) -> dict:
     """Run `python -m <entry> <train_args>` (default `dmt train`) on the emulated cluster; the entry
     must write --out DIR/summary.json on rank 0. mbit: each host's link (two tiers: its uplink);
     intra_host_mbit: each rank's own link into its host's switch (None: one tier, loopback inside
-    a host); rank_cpu_share: the share of a core each rank may use (a quota per host, quota.py;
-    None: no quota). -> the run's summary with link_bytes (and, with faults, what they did)."""
+    a host); compute_slowdown: each rank computes that many times slower (dmt/slowdown.py; None:
+    at this machine's speed). -> the run's summary with link_bytes (and, with faults, what they did)."""
+    if compute_slowdown is not None and not compute_slowdown >= 1:
+        raise UserError(f"a rank's compute slowdown must be >= 1, got {compute_slowdown:g}")
     check_can_emulate(hosts, ranks_per_host, mbit, queue_ms, intra_host_mbit)
-    if rank_cpu_share is not None and not 0 < rank_cpu_share <= 1:
-        raise UserError(f"a rank's CPU share must be in (0, 1], got {rank_cpu_share:g}")
     if any(a in train_args for a in ("--nproc", "--ranks-per-host")):
         raise UserError("give the cluster to dmt emulate (--hosts, --ranks-per-host), not to the training arguments")
     if max_restarts < 0:
@@ -105,14 +105,12 @@ def emulate(
     out = _out_dir(train_args)
     cfg = preflight(train_args, hosts, ranks_per_host) if entry == ("dmt", "train") else None
     remove_stale()
-    quota.remove_stale()
     if any(f.kind == "loss" for f in faults) and not network.has_netem():
         raise UserError("--fault loss needs the kernel's netem qdisc (sch_netem), which this machine lacks")
     c = EmulatedCluster(
         hosts, ranks_per_host, mbit, str(os.getpid()), queue_ms, intra_host_mbit, any(f.kind == "loss" for f in faults)
     )
     procs: list[launch.Process] = []
-    cgroups: list = []  # each host's CPU quota, if any
     restarts: list[dict] = []  # the failures the cluster restarted after
     injector = None
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -125,17 +123,13 @@ def emulate(
     started = time.time()
     try:
         network.create(c)
-        if rank_cpu_share is not None:
-            for h in range(hosts):
-                cgroups.append(quota.create(quota.host_cgroup(h), ranks_per_host * rank_cpu_share))
         injector = LinkFaults(faults, lambda h, pct: _set_host_loss(c, h, pct), out / "metrics.jsonl", started)
         injector.start()
         for attempt in range(max_restarts + 1):
             launch.stop_all(procs)  # the previous attempt's (its anchors)
             args = train_args if attempt == 0 or entry != ("dmt", "train") else [*train_args, "--resume"]
-            procs = _start(
-                c, entry, args, port + attempt, faults if attempt == 0 else [], out / "emulate", attempt, cgroups
-            )
+            first_faults = faults if attempt == 0 else []
+            procs = _start(c, entry, args, port + attempt, first_faults, out / "emulate", attempt, compute_slowdown)
             # a restart needs no reports from the survivors: stop them soon
             codes = launch.wait_all(procs, grace_s=1.0 if attempt < max_restarts else 5.0)
             if all(code == 0 for code in codes) or attempt == max_restarts:
@@ -151,8 +145,6 @@ def emulate(
         applied = injector.stop() if injector is not None else []
         launch.stop_all(procs)
         network.destroy(c)
-        for path in cgroups:
-            quota.remove(path)
         for s, handler in previous.items():
             signal.signal(s, handler)
     if any(code != 0 for code in codes):
@@ -169,7 +161,7 @@ def emulate(
         "intra_burst_bytes": c.intra_burst_bytes,
         "queue_ms": queue_ms,
         "max_restarts": max_restarts,
-        "rank_cpu_share": rank_cpu_share,
+        "compute_slowdown": compute_slowdown,
     }
     if rank_links is not None:
         summary["rank_link_bytes"] = rank_links
@@ -197,10 +189,11 @@ def _start(
     faults: list[Fault],
     logs: Path,
     attempt: int,
-    cgroups: list[Path],
+    compute_slowdown: float | None,
 ) -> list[launch.Process]:
     """One torchrun per host (one tier) or per rank (two tiers). attempt > 0: a restart of every
-    rank after a failure (DMT_RESTART_COUNT tells the ranks); cgroups: each host's CPU quota, or []."""
+    rank after a failure (DMT_RESTART_COUNT tells the ranks); compute_slowdown: every rank's
+    DMT_COMPUTE_SLOWDOWN (None: unset)."""
     env = {
         **os.environ,
         "GLOO_SOCKET_IFNAME": "e0",
@@ -210,6 +203,9 @@ def _start(
         "DMT_RESTART_COUNT": str(attempt),
         **kill_env(faults),
     }
+    env.pop(slowdown.ENV, None)
+    if compute_slowdown is not None:
+        env[slowdown.ENV] = repr(float(compute_slowdown))
     args = list(train_args)
     per_node = c.ranks_per_host
     if c.two_tier:
@@ -227,7 +223,6 @@ def _start(
             anchor = subprocess.Popen(["ip", "netns", "exec", c.host_ns(h), "sleep", "infinity"])
             node_env[HOST_NETDEV_ENV] = f"/proc/{anchor.pid}/net/dev"
         cmd = [
-            *(quota.prefix(cgroups[h]) if cgroups else []),  # before `ip netns exec`, which hides /sys/fs/cgroup
             "ip",
             "netns",
             "exec",

@@ -38,7 +38,7 @@ QUIET = ["train.tensorboard=false"]
 def dilation(config: str, runs: list[tuple[str, list[str]]], hosts: int, ranks_per_host: int, like: str) -> Dilation:
     """The batch and link rates at which this machine's links stand for `like` (dilate.py), from the
     baseline run's model; UserError (one line) where no batch fits the links this machine shapes.
-    The demo does not slow compute with a CPU quota (dilate.py): that would make the README's first
+    The demo does not slow compute (dilate.py): that would make the README's first
     command take several times as long."""
     from dmt.config import load_config
     from dmt.emulate.dilate import dilate_config

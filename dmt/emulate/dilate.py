@@ -18,13 +18,15 @@ that batch.
 
 A machine that computes less than about 7000x slower than an H100 needs intra-host links above
 MAX_MBIT at every batch (the factor falls towards a floor as the batch grows, and the smallest
-batch only lifts it a little). There compute is slowed instead (slow_compute): each host gets a
-CPU quota (quota.py) so that a rank has `rank_cpu_share` of a core, 1/s of its share without one;
-the factor grows by s and both rates fall by s, to SLOWED_MBIT. The batch is then the largest
-(the config's, halved) whose slowed compute step stays under MAX_SLOWED_STEP_S with s at most
-MAX_SLOWDOWN, so that runs stay short. Latencies are not dilated: the emulated links have this machine's (a few hundred
-microseconds per collective), much less than the GPU's 4 / 25 us times the factor, so the emulator
-favours many small messages (docs/emulation.md).
+batch only lifts it a little). There compute is slowed instead (slow_compute): every rank
+computes `compute_slowdown` times slower than on a core of its own (dmt/slowdown.py: it sleeps
+for the rest), which is s times the ranks per core; the factor grows by s and both rates fall by
+s, to SLOWED_MBIT. The batch is then the largest (the config's, halved) whose slowed compute step
+stays under MAX_SLOWED_STEP_S with s at most MAX_SLOWDOWN, so that runs stay short.
+
+Latencies are not dilated: the emulated links have this machine's (a few hundred microseconds
+per collective), much less than the GPU's 4 / 25 us times the factor, so the emulator favours
+many small messages (docs/emulation.md).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from dmt.errors import UserError
 MIN_MBIT = 2.0  # below this TCP's own timers, not the rate, decide how long a transfer takes
 MIN_BATCH = 8
 MAX_BATCH = 1 << 16
-SLOWED_MBIT = 0.8 * MAX_MBIT  # the faster link's rate when compute is slowed (headroom for softirq)
+SLOWED_MBIT = 0.8 * MAX_MBIT  # the faster link's rate when compute is slowed (headroom below the limit)
 MAX_SLOWDOWN = 32.0
 MAX_SLOWED_STEP_S = 0.1
 
@@ -51,14 +53,14 @@ class Dilation:
     factor: float
     batch_size: int  # per rank, as emulated (the config's, or what the rates needed)
     config_batch_size: int
-    cpu_step_s: float  # one rank's compute per step here (ranks sharing cores and the quota included)
+    cpu_step_s: float  # one rank's compute per step here (ranks sharing cores and the slowdown included)
     gpu_step_s: float  # the GPU preset's
-    cores_shared: float  # how many times a rank's one-core compute time a step takes: 1 / its share
+    cores_shared: float  # how many times a rank's one-core compute time a step takes
     intra_mbit: float
     uplink_mbit: float
     train_args: list[str] = field(default_factory=list)
     cpu: dict = field(default_factory=dict)  # the calibrated CPU preset's compute fields
-    rank_cpu_share: float | None = None  # the share of a core each rank gets under a quota; None: no quota
+    compute_slowdown: float | None = None  # each rank's DMT_COMPUTE_SLOWDOWN (= cores_shared); None: unset
 
     def as_dict(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "train_args"}
@@ -115,7 +117,7 @@ def choose_batch(batch: int, rates) -> int:
 
 def slowed_batch(batch: int, rates) -> tuple[int, float]:
     """The batch (batch, halved) and slowdown s >= 1 for a machine too fast for the links: rates(b)
-    -> (intra, uplink, unslowed compute seconds per step) without a quota. The largest batch whose
+    -> (intra, uplink, unslowed compute seconds per step) at this machine's speed. The largest batch whose
     slowdown to SLOWED_MBIT is at most MAX_SLOWDOWN and whose slowed step is under MAX_SLOWED_STEP_S;
     where none is, the one with the smallest slowdown."""
     tried = []
@@ -147,7 +149,7 @@ def dilate_config(
     slow_compute: bool = True,
 ) -> Dilation:
     """Calibrate this CPU on cfg's model and choose the batch and both link rates; slow_compute:
-    where no batch fits the links, give each host a CPU quota (quota.py) rather than refuse."""
+    where no batch fits the links, slow every rank's compute (dmt/slowdown.py) rather than refuse."""
     from dmt.cost.calibrate import fit_cpu, measure_step
     from dmt.cost.presets import PRESETS, emulated
 
@@ -191,7 +193,7 @@ def dilate_config(
         up,
         args,
         {**{k: getattr(cpu, k) for k in fields}, "cores_shared": shared * slowdown},
-        1 / (shared * slowdown) if slowdown > 1 else None,
+        shared * slowdown if slowdown > 1 else None,
     )
 
 
@@ -205,10 +207,10 @@ def print_dilation(d: Dilation) -> None:
             f"  batch {d.config_batch_size} per rank would need links above {MAX_MBIT} Mbit/s (or below "
             f"{MIN_MBIT:g}); emulating {d.batch_size} per rank instead"
         )
-    if d.rank_cpu_share is not None:
+    if d.compute_slowdown is not None:
         print(
-            f"  this machine is too fast for links tbf shapes faithfully (at most {MAX_MBIT} Mbit/s): each "
-            f"host gets a CPU quota, {d.rank_cpu_share:.3f} of a core per rank"
+            f"  this machine is too fast for links tbf shapes faithfully (at most {MAX_MBIT} Mbit/s): every "
+            f"rank computes {d.compute_slowdown:.1f}x slower than on a core of its own"
         )
     print(
         f"  links / {d.factor:.0f}: {d.intra_mbit:.1f} Mbit/s per rank into its host's switch, "

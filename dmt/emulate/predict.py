@@ -30,9 +30,8 @@ def link_facts(
     intra_host_mbit: float | None = None,
     queue_ms: float = 100.0,
     port: int = 29561,
-    rank_cpu_share: float | None = None,
 ) -> dict:
-    """Run the calibration probe on an emulated cluster of these rates (and CPU quota). -> its summary"""
+    """Run the calibration probe on an emulated cluster of these rates -> its summary"""
     from dmt.emulate import emulate
 
     return emulate(
@@ -44,7 +43,6 @@ def link_facts(
         entry=("dmt.emulate.probe",),
         queue_ms=queue_ms,
         intra_host_mbit=intra_host_mbit,
-        rank_cpu_share=rank_cpu_share,
     )
 
 

@@ -21,7 +21,7 @@ class Rates:
     intra_host_mbit: float | None  # each rank's link into its host's switch; None: one tier
     train_args: list[str] = field(default_factory=list)  # with any batch the dilation chose
     dilation: dict | None = None
-    rank_cpu_share: float | None = None  # --like on a machine too fast for the links: a CPU quota
+    compute_slowdown: float | None = None  # --like on a machine too fast for the links (dmt/slowdown.py)
 
 
 def ratio_rates(preset: str, ranks_per_host: int, intra_host_mbit: float | None) -> tuple[float, float]:
@@ -44,7 +44,7 @@ def choose_rates(args: argparse.Namespace, train_args: list[str]) -> Rates:
 
         d = dilate(args.like, args.hosts, args.ranks_per_host, train_args)
         print_dilation(d)
-        return Rates(d.uplink_mbit, d.intra_mbit, d.train_args, d.as_dict(), d.rank_cpu_share)
+        return Rates(d.uplink_mbit, d.intra_mbit, d.train_args, d.as_dict(), d.compute_slowdown)
     if args.ratio_of:
         if args.cross_host_mbit is not None:
             raise UserError("--ratio-of picks the cross-host rate itself: drop --cross-host-mbit")

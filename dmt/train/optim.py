@@ -8,6 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from dmt import slowdown
 from dmt.config import TrainConfig
 from dmt.errors import UserError
 
@@ -54,7 +55,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                 if id(p) in self.column_shards:
                     group, row_width = self.column_shards[id(p)]
                     square = values.pow(2).sum(1)
-                    dist.all_reduce(square, group=group)
+                    with slowdown.waiting():
+                        dist.all_reduce(square, group=group)
                     acc.index_add_(0, rows, square / row_width)
                 else:
                     acc.index_add_(0, rows, values.pow(2).mean(1))

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 
 import torch
 
+from dmt import slowdown
 from dmt.distributed.ids import RoutedIds
 from dmt.sparse import Batch
 
@@ -54,14 +55,16 @@ class PipelinedBatches:
     def _feed(self) -> None:
         try:
             for _ in range(self.count):
-                self._permit.acquire()
+                with slowdown.waiting():  # the emulator's slowed compute (dmt/slowdown.py)
+                    self._permit.acquire()
                 batch = next(self.batches, None)
                 if batch is None:
                     break
                 batch = batch.to(self.device, non_blocking=True)
                 with torch.no_grad():
                     routed: RoutedIds = self.model.route(batch.sparse)
-                self._ready.put((batch, routed))
+                with slowdown.waiting():
+                    self._ready.put((batch, routed))
             self._ready.put(_DONE)
         except BaseException as e:  # noqa: BLE001 - handed to the training thread, which raises it
             self._ready.put(e)
@@ -70,7 +73,8 @@ class PipelinedBatches:
         return self
 
     def __next__(self) -> tuple[Batch, RoutedIds]:
-        item = self._ready.get()
+        with slowdown.waiting():
+            item = self._ready.get()
         if item is _DONE:
             self._ready.put(_DONE)
             raise StopIteration
