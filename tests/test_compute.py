@@ -106,6 +106,28 @@ def test_the_cpu_fit_recovers_a_planted_operator_cost():
     assert (cpu.peak_tflops, cpu.memory_gbps, cpu.intra_gbps) == (2e-3, 1.5, base.intra_gbps)
 
 
+def test_over_two_batches_the_cpu_fit_also_corrects_the_measured_rates():
+    """Steps planted with op_s 4 us and rates 1.5x slower than the microbenchmarks said, at batch 8
+    and 256: the fit recovers both, so the step at batch 8 is what was planted, where the one-batch
+    fit (at 256 alone) gets op_s and so the small batch's step wrong."""
+    base = emulated(100.0, 1.0, 0.0, 0.0)
+    measured = (2e-3, 1.5)
+    true = dataclasses.replace(
+        base, peak_tflops=2e-3 / 1.5, dense_efficiency=1.0, memory_gbps=1.0, memory_efficiency=1.0
+    )
+    variants = []
+    for b in (8, 256):
+        cfg = load_config("dmt/configs/synthetic_dmt_dlrm.toml", [f"train.batch_size={b}", "dist.mode=flat"])
+        ops = OpCounts(300, 320, 540)
+        planted = one_device_roofline(cfg, true, "flat", None) + 4e-6 * ops.forward + 4e-6 * (ops.backward + 540)
+        variants.append((cfg, "flat", None, StepMeasurement(str(b), ops, 1e-3, planted, b)))
+    cpu = fit_cpu(base, variants, measured)
+    assert cpu.op_s == pytest.approx(4e-6, rel=1e-6)
+    assert (cpu.peak_tflops, cpu.memory_gbps) == (pytest.approx(2e-3 / 1.5), pytest.approx(1.0))
+    one_batch = fit_cpu(base, variants[1:], measured)
+    assert abs(one_batch.op_s / 4e-6 - 1) > 0.1
+
+
 def test_dilation_halves_or_doubles_the_batch_until_both_rates_fit():
     assert dilate.choose_batch(256, lambda b: (1000 * b / 256, 100 * b / 256)) == 64  # 250 and 25 Mbit/s
     assert dilate.choose_batch(256, lambda b: (100 * b / 256, 1.0 * b / 256)) == 512  # uplink 1 -> 2 Mbit/s
@@ -122,6 +144,43 @@ def test_a_machine_too_fast_for_the_links_slows_its_compute_instead():
     assert dilate.slowed_batch(1024, rates) == (256, 10.0)  # 1024: 320 ms, 512: 160 ms per slowed step
     assert dilate.slowed_batch(64, lambda b: (1e5, 1e3, 1e-3)) == (64, 312.5)  # above MAX_SLOWDOWN: refused later
     assert dilate.slowed_batch(64, lambda b: (3200.0, 10.0, 1e-3))[1] == 10.0  # uplink 1 Mbit/s: below MIN_MBIT
+    assert dilate.slowed_batch(256, rates, max_slowdown=2.0) == (256, 10.0)  # none within 2x: the least slowed
+
+
+@pytest.mark.parametrize(
+    ("slower", "max_slowdown", "expected"),
+    [
+        (6000.0, 2.0, (64, 2.96e6 / 6000 / 320)),  # H100 intra / 6000 = 493 Mbit/s: slowed 1.54x
+        (4000.0, 2.0, "would have to be slowed 2.3x, more than the 2x allowed"),  # 740 Mbit/s
+        (6000.0, 1.0, "no batch from 8 to 65536 fits"),  # never slowed: the links alone decide
+    ],
+)
+def test_dilation_slows_compute_at_most_max_slowdown_times(monkeypatch, slower, max_slowdown, expected):
+    """A machine `slower` times slower than an H100 at every batch (t_gpu = 0.1 us per sample, one core
+    per rank): the slowdown is what brings the H100's 370 GB/s per GPU down to SLOWED_MBIT, the
+    batch the largest whose slowed step stays under 100 ms, and a slowdown above max_slowdown is
+    refused with one line, as `dmt demo` (at most 2x) falls back to loopback links on it."""
+    from dmt.cost import calibrate
+    from dmt.errors import UserError
+
+    gpu_step = lambda cfg: 1e-7 * cfg.train.batch_size  # noqa: E731
+    monkeypatch.setattr(calibrate, "measure_step", lambda name, cfg: dataclasses.make_dataclass("M", ["ops"])(None))
+    monkeypatch.setattr(calibrate, "fit_cpu", lambda base, variants: base)
+    monkeypatch.setattr(dilate, "cores_shared", lambda hosts, ranks_per_host: 1.0)
+    monkeypatch.setattr(
+        dilate,
+        "step_seconds",
+        lambda cfg, c, *a: gpu_step(cfg) * (1.0 if c.name == "h100" else slower * c.cores_shared),
+    )
+    cfg = load_config("demo")
+    if isinstance(expected, str):
+        with pytest.raises(UserError, match=expected):
+            dilate.dilate_config("h100", cfg, 2, 2, max_slowdown=max_slowdown)
+        return
+    d = dilate.dilate_config("h100", cfg, 2, 2, max_slowdown=max_slowdown)
+    assert (d.batch_size, d.compute_slowdown) == (expected[0], pytest.approx(expected[1]))
+    assert d.intra_mbit == pytest.approx(dilate.SLOWED_MBIT)
+    assert d.train_args == ["--set", "train.batch_size=64"]
 
 
 def test_ranks_sharing_cores(monkeypatch):

@@ -7,6 +7,12 @@
                   of the config's model variants (least squares over them, through the origin)
     data_s_per_sample   the measured batch time of those steps, per sample
 
+Where the steps were measured at two or more batch sizes, the fit also scales both rates by one
+factor k: step = ops x op_s + k x roofline(batch). A step at one batch cannot tell the operator
+cost from the rates' error (the two microbenchmarks above vary by 30-80% between runs on a small
+shared machine, and op_s with them, 2x), and extrapolating it to a much smaller batch, as time
+dilation does, magnifies that; a small batch pins op_s and a large one the rates.
+
 Efficiencies are 1 (the rates are what was achieved); each rate is the median of a few repeats
 on one thread, as a rank of the emulator runs (OMP_NUM_THREADS=1).
 """
@@ -91,7 +97,7 @@ class StepMeasurement:
     batch_size: int
 
 
-def measure_step(name: str, cfg: Config, steps: int = 12) -> StepMeasurement:
+def measure_step(name: str, cfg: Config, steps: int = 24) -> StepMeasurement:
     """Count the operators of one step of cfg's one-device model and time `steps` more."""
     import torch.nn.functional as F
 
@@ -146,16 +152,34 @@ def fit_cpu(
     rates: tuple[float, float] | None = None,
 ) -> Cluster:
     """`base` (the emulated links) with this CPU's compute: rates (TFLOP/s, GB/s) measured here
-    unless given, op_s fitted to the one-device steps of `variants` (config, cost-model mode,
-    compression ratio, measurement)."""
+    unless given, op_s (and, over two or more batch sizes, a common scale of the rates) fitted to
+    the one-device steps of `variants` (config, cost-model mode, compression ratio, measurement)."""
     tflops, gbps = rates or (dense_tflops(), memory_gbps(variants[0][0].model.embedding_dim))
     cpu = dataclasses.replace(
         base, peak_tflops=tflops, dense_efficiency=1.0, memory_gbps=gbps, memory_efficiency=1.0, op_s=0.0
     )
-    rest, ops = [], []
-    for cfg, mode, ratio, m in variants:
-        rest.append(m.compute_s - one_device_roofline(cfg, cpu, mode, ratio))
-        ops.append(m.ops.forward + m.ops.backward + m.ops.optimizer)
-    op_s = max(0.0, sum(r * n for r, n in zip(rest, ops, strict=True)) / sum(n * n for n in ops))
+    step = [m.compute_s for *_, m in variants]
+    roof = [one_device_roofline(cfg, cpu, mode, ratio) for cfg, mode, ratio, _ in variants]
+    ops = [m.ops.forward + m.ops.backward + m.ops.optimizer for *_, m in variants]
+    op_s, k = _fit(step, ops, roof) if len({m.batch_size for *_, m in variants}) > 1 else (None, 1.0)
+    if op_s is None:  # one batch: the rates as measured, op_s from the rest
+        rest = [t - r for t, r in zip(step, roof, strict=True)]
+        op_s = max(0.0, _dot(rest, ops) / _dot(ops, ops))
     data = statistics.median(m.data_s / m.batch_size for *_, m in variants)
-    return dataclasses.replace(cpu, op_s=op_s, data_s_per_sample=data)
+    return dataclasses.replace(cpu, peak_tflops=tflops / k, memory_gbps=gbps / k, op_s=op_s, data_s_per_sample=data)
+
+
+def _dot(x: list[float], y: list[float]) -> float:
+    return sum(a * b for a, b in zip(x, y, strict=True))
+
+
+def _fit(step: list[float], ops: list[int], roof: list[float]) -> tuple[float | None, float]:
+    """Least squares step = ops x op_s + k x roof over the measurements -> (op_s, k); (None, 1)
+    where that gives op_s < 0 or k <= 0 (the caller keeps the measured rates)."""
+    nn, nr, rr = _dot(ops, ops), _dot(ops, roof), _dot(roof, roof)
+    nt, rt = _dot(ops, step), _dot(roof, step)
+    det = nn * rr - nr * nr
+    if det <= 1e-12 * nn * rr:
+        return None, 1.0
+    op_s, k = (nt * rr - rt * nr) / det, (rt * nn - nt * nr) / det
+    return (op_s, k) if op_s >= 0 and k > 0 else (None, 1.0)

@@ -4,8 +4,9 @@ Where this machine can emulate (root, iproute2): the flat baseline and SPTT + TM
 tiers of shaped links standing for the `--like` GPU (dilate.py); the cost model predicts both runs
 (predict.py), so the demo prints measured and predicted speedup beside AUC and bytes. Elsewhere
 the runs use loopback links as before, and the demo prints what the cost model predicts for the
-same layout on the GPU preset; so it does where no batch fits the links this machine shapes (its
-speed sets the dilation), and the loopback line says why.
+same layout on the GPU preset. A machine too fast for the links this machine shapes gets its
+compute slowed, at most MAX_SLOWDOWN times (dmt/slowdown.py); where no batch fits even then (its
+speed sets the dilation), the demo trains on loopback links and the loopback line says why.
 """
 
 from __future__ import annotations
@@ -35,15 +36,18 @@ def can_emulate(hosts: int, ranks_per_host: int) -> str | None:
 QUIET = ["train.tensorboard=false"]
 
 
+MAX_SLOWDOWN = 2.0  # the demo's compute slowed at most this much, so the README's first command stays short
+
+
 def dilation(config: str, runs: list[tuple[str, list[str]]], hosts: int, ranks_per_host: int, like: str) -> Dilation:
     """The batch and link rates at which this machine's links stand for `like` (dilate.py), from the
-    baseline run's model; UserError (one line) where no batch fits the links this machine shapes.
-    The demo does not slow compute (dilate.py): that would make the README's first
-    command take several times as long."""
+    baseline run's model, with compute slowed at most MAX_SLOWDOWN times on a machine too fast for
+    the links; UserError (one line) where neither fits the links this machine shapes."""
     from dmt.config import load_config
     from dmt.emulate.dilate import dilate_config
 
-    return dilate_config(like, load_config(config, [*runs[0][1], *QUIET]), hosts, ranks_per_host, slow_compute=False)
+    cfg = load_config(config, [*runs[0][1], *QUIET])
+    return dilate_config(like, cfg, hosts, ranks_per_host, max_slowdown=MAX_SLOWDOWN)
 
 
 def run_emulated(
@@ -84,6 +88,7 @@ def run_emulated(
             d.uplink_mbit,
             ["--config", config, "--set", *s, "--out", str(run_out)],
             intra_host_mbit=d.intra_mbit,
+            compute_slowdown=d.compute_slowdown,
         )
         cfg = load_config(config, s)
         est = predict(cfg, cluster, hosts, ranks_per_host, *variant(cfg), measured[name].ops)

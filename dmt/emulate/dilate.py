@@ -18,7 +18,7 @@ that batch.
 
 A machine that computes less than about 7000x slower than an H100 needs intra-host links above
 MAX_MBIT at every batch (the factor falls towards a floor as the batch grows, and the smallest
-batch only lifts it a little). There compute is slowed instead (slow_compute): every rank
+batch only lifts it a little). There compute is slowed instead (at most max_slowdown times): every rank
 computes `compute_slowdown` times slower than on a core of its own (dmt/slowdown.py: it sleeps
 for the rest), which is s times the ranks per core; the factor grows by s and both rates fall by
 s, to SLOWED_MBIT. The batch is then the largest (the config's, halved) whose slowed compute step
@@ -115,17 +115,17 @@ def choose_batch(batch: int, rates) -> int:
     return b
 
 
-def slowed_batch(batch: int, rates) -> tuple[int, float]:
+def slowed_batch(batch: int, rates, max_slowdown: float = MAX_SLOWDOWN) -> tuple[int, float]:
     """The batch (batch, halved) and slowdown s >= 1 for a machine too fast for the links: rates(b)
     -> (intra, uplink, unslowed compute seconds per step) at this machine's speed. The largest batch whose
-    slowdown to SLOWED_MBIT is at most MAX_SLOWDOWN and whose slowed step is under MAX_SLOWED_STEP_S;
-    where none is, the one with the smallest slowdown."""
+    slowdown to SLOWED_MBIT is at most max_slowdown and whose slowed step is under MAX_SLOWED_STEP_S;
+    where none is, the one with the smallest slowdown (which dilate_config refuses above max_slowdown)."""
     tried = []
     b = batch
     while b >= MIN_BATCH:
         intra, up, t_cpu = rates(b)
         s = max(1.0, max(intra, up) / SLOWED_MBIT)
-        if s <= MAX_SLOWDOWN and s * t_cpu <= MAX_SLOWED_STEP_S and min(intra, up) / s >= MIN_MBIT:
+        if s <= max_slowdown and s * t_cpu <= MAX_SLOWED_STEP_S and min(intra, up) / s >= MIN_MBIT:
             return b, s
         tried.append((s, -b))
         b //= 2
@@ -146,10 +146,11 @@ def dilate_config(
     hosts: int,
     ranks_per_host: int,
     train_args: list[str] | None = None,
-    slow_compute: bool = True,
+    max_slowdown: float = MAX_SLOWDOWN,
 ) -> Dilation:
-    """Calibrate this CPU on cfg's model and choose the batch and both link rates; slow_compute:
-    where no batch fits the links, slow every rank's compute (dmt/slowdown.py) rather than refuse."""
+    """Calibrate this CPU on cfg's model and choose the batch and both link rates; where no batch
+    fits the links, slow every rank's compute (dmt/slowdown.py) by at most max_slowdown (1: never)
+    rather than refuse. UserError (one line) where neither fits."""
     from dmt.cost.calibrate import fit_cpu, measure_step
     from dmt.cost.presets import PRESETS, emulated
 
@@ -158,7 +159,10 @@ def dilate_config(
     mode, ratio = variant(cfg)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     m = measure_step("config", cfg)
-    cpu = fit_cpu(emulated(100.0, 1.0, 0.0, 0.0), [(cfg, mode, ratio, m)])
+    small = _with_batch(cfg, MIN_BATCH)  # the small batch pins the operator cost (calibrate.py)
+    cpu = fit_cpu(
+        emulated(100.0, 1.0, 0.0, 0.0), [(cfg, mode, ratio, m), (small, mode, ratio, measure_step("small", small))]
+    )
     shared = cores_shared(hosts, ranks_per_host)
 
     def rates(b: int, slowdown: float = 1.0) -> tuple[float, float, float, float, float]:
@@ -170,9 +174,15 @@ def dilate_config(
         return factor, intra, ranks_per_host * gpu.nic_gbps * 8e3 / factor, t_cpu, t_gpu
 
     b, slowdown = choose_batch(cfg.train.batch_size, lambda n: rates(n)[1:3]), 1.0
-    if slow_compute and max(rates(b)[1:3]) > MAX_MBIT:
-        b, slowdown = slowed_batch(cfg.train.batch_size, lambda n: (*rates(n)[1:4],))
+    if max_slowdown > 1 and max(rates(b)[1:3]) > MAX_MBIT:
+        b, slowdown = slowed_batch(cfg.train.batch_size, lambda n: (*rates(n)[1:4],), max_slowdown)
     factor, intra, up, t_cpu, t_gpu = rates(b, slowdown)
+    if slowdown > max_slowdown:
+        raise UserError(
+            f"--like {like}: this machine computes too fast for the links tbf shapes faithfully here (at most "
+            f"{MAX_MBIT} Mbit/s): even at {b} samples per rank its compute would have to be slowed "
+            f"{slowdown:.1f}x, more than the {max_slowdown:g}x allowed"
+        )
     if max(intra, up) > MAX_MBIT or min(intra, up) < MIN_MBIT:
         raise UserError(
             f"--like {like}: at {b} samples per rank the links would need {intra:.0f} Mbit/s per rank and "
