@@ -119,7 +119,7 @@ def test_over_two_batches_the_cpu_fit_also_corrects_the_measured_rates():
     for b in (8, 256):
         cfg = load_config("dmt/configs/synthetic_dmt_dlrm.toml", [f"train.batch_size={b}", "dist.mode=flat"])
         ops = OpCounts(300, 320, 540)
-        planted = one_device_roofline(cfg, true, "flat", None) + 4e-6 * ops.forward + 4e-6 * (ops.backward + 540)
+        planted = one_device_roofline(cfg, true, "flat", None) + 4e-6 * (ops.forward + ops.backward + ops.optimizer)
         variants.append((cfg, "flat", None, StepMeasurement(str(b), ops, 1e-3, planted, b)))
     cpu = fit_cpu(base, variants, measured)
     assert cpu.op_s == pytest.approx(4e-6, rel=1e-6)
