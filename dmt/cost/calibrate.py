@@ -9,9 +9,10 @@
 
 Where the steps were measured at two or more batch sizes, the fit also scales both rates by one
 factor k: step = ops x op_s + k x roofline(batch). A step at one batch cannot tell the operator
-cost from the rates' error (the two microbenchmarks above vary by 30-80% between runs on a small
-shared machine, and op_s with them, 2x), and extrapolating it to a much smaller batch, as time
-dilation does, magnifies that; a small batch pins op_s and a large one the rates.
+cost from the rates' error (on a small shared machine the memory rate moved between 1.5 and 3.6
+GB/s over five calibrations in a row, benchmarks/emulated/results_overhead.md), and extrapolating
+it to a much smaller batch, as time dilation does, magnifies that; a small batch pins op_s and a
+large one the rates.
 
 Efficiencies are 1 (the rates are what was achieved); each rate is the median of a few repeats
 on one thread, as a rank of the emulator runs (OMP_NUM_THREADS=1).
