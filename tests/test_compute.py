@@ -10,7 +10,7 @@ import pytest
 
 from dmt.cli import main
 from dmt.config import ModelConfig, load_config
-from dmt.cost.calibrate import StepMeasurement, fit_cpu, one_device_roofline
+from dmt.cost.calibrate import StepMeasurement, fit_cpu, host_seconds, one_device_roofline
 from dmt.cost.compute import DENSE_UPDATE_BYTES, UPDATE_TRAFFIC, OpCounts, rank_compute
 from dmt.cost.estimate import Estimator
 from dmt.cost.presets import Cluster, cluster, emulated
@@ -85,6 +85,40 @@ def test_the_step_adds_compute_and_communication_where_the_code_does():
         )
         is None
     )
+
+
+def test_a_sharded_ranks_own_cpu_adds_to_the_step_times_the_ranks_sharing_its_core():
+    cfg = load_config("dmt/configs/synthetic_dmt_dlrm.toml", ["train.batch_size=64"])
+    c = dataclasses.replace(cluster("a100"), op_s=1e-6, cores_shared=3.0)
+    towers, _ = Estimator(cfg, c).towers_for(2)
+
+    def step(host_s: float):
+        est = Estimator(cfg, dataclasses.replace(c, host_s=host_s))
+        return est.run("sptt_tm", est.shape("sptt_tm", towers), Layout(2, 2), memory=False).step
+
+    base, loaded = step(0.0), step(2e-3)
+    assert loaded.step_s == pytest.approx(base.step_s + 3 * 2e-3)
+    assert loaded.compute["host_s"] == pytest.approx(6e-3) and loaded.compute_s == pytest.approx(base.compute_s + 6e-3)
+    assert loaded.exposed_s == pytest.approx(base.exposed_s)
+
+
+def test_host_seconds_is_the_slowest_ranks_measured_cpu_beyond_the_model(monkeypatch):
+    """launch planted: each rank's measured CPU per step; host_s is the largest excess over the
+    modelled compute at one core per rank, and never below 0."""
+    cfg = load_config("dmt/configs/synthetic_dmt_dlrm.toml", ["train.batch_size=32", "dist.mode=flat"])
+    rates = dict(peak_tflops=2e-3, dense_efficiency=1.0, memory_gbps=1.5, memory_efficiency=1.0)
+    cpu = dataclasses.replace(emulated(100.0, 1.0, 0.0, 0.0), op_s=2e-6, cores_shared=2.0, **rates)
+    ops = OpCounts(300, 320, 540)
+    est = Estimator(cfg, dataclasses.replace(cpu, cores_shared=1.0))
+    tr = traffic("flat", est.workload(est.shape("flat", None, None)), Layout(2, 2))
+    modelled = [r.total_s - r.data_s for r in rank_compute(tr, est.cluster, ops, cfg.train.dense_optimizer)]
+    assert len(modelled) == 4 and min(modelled) > 1e-3
+    planted = {0: modelled[0] + 1e-3, 1: modelled[1] + 4e-3, 2: modelled[2], 3: modelled[3] - 1e-3}
+    monkeypatch.setattr("dmt.distributed.launch.launch", lambda n, fn, cfg, rph: planted if n == 4 else None)
+    assert host_seconds(cfg, cpu, 2, 2, "flat", None, ops) == pytest.approx(4e-3)
+    behind = {r: v - 1.0 for r, v in planted.items()}
+    monkeypatch.setattr("dmt.distributed.launch.launch", lambda n, fn, cfg, rph: behind)
+    assert host_seconds(cfg, cpu, 2, 2, "flat", None, ops) == 0.0
 
 
 def test_the_cpu_fit_recovers_a_planted_operator_cost():

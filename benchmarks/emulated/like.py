@@ -9,7 +9,8 @@ Per config and topology:
     1. dilation, on the flat baseline (dmt/emulate/dilate.py): how much slower this machine computes
        its step than the GPU, the batch per rank the link rates need, both rates
     2. the CPU preset: one-device steps of all five variants at that batch (operators counted,
-       times measured), the operator cost fitted over them (dmt/cost/calibrate.py)
+       times measured), the operator cost fitted over them, and each variant's sharded step on
+       local loopback ranks for the CPU a rank spends beyond the model's terms (host_s, dmt/cost/calibrate.py)
     3. the links' facts: the calibration probe on the two-tier cluster at those rates
     4. each variant trained on that cluster; the prediction (dmt/emulate/predict.py) beside it
     5. the same layout and batch predicted on the GPU preset: what the emulated cluster stands for
@@ -29,7 +30,7 @@ from pathlib import Path
 from benchmarks.common import provenance, provenance_lines
 from benchmarks.emulated.run import MODELS
 from dmt.config import load_config
-from dmt.cost.calibrate import fit_cpu, measure_step
+from dmt.cost.calibrate import fit_cpu, host_seconds, measure_step
 from dmt.cost.presets import PRESETS, emulated
 from dmt.emulate import emulate
 from dmt.emulate.dilate import dilate_config
@@ -52,7 +53,17 @@ def settings(steps: int, batch: int, overrides: list[str]) -> list[str]:
     ]
 
 
-def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) -> list[dict]:
+def slug(name: str) -> str:
+    return name.replace(" ", "_").replace("+", "_")
+
+
+def median_run(summaries: list[dict]) -> dict:
+    """The run whose examples/s is the median (the lower middle of an even count)."""
+    ordered = sorted(summaries, key=lambda r: r["examples_per_s"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def one(config: str, topo: str, like: str, steps: int, repeats: int, free_intra_host: bool) -> list[dict]:
     hosts, per_host = (int(x) for x in topo.split("x"))
     flat = load_config(config, settings(steps, load_config(config).train.batch_size, MODELS[0][3]))
     try:
@@ -67,23 +78,42 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
         emulated(100.0, 1.0, 0.0, 0.0),
         [(load_config(config, s), mode, ratio, measured[name]) for name, mode, ratio, s in variants],
     )
+    host_s = {
+        name: host_seconds(load_config(config, s), cpu, hosts, per_host, mode, ratio, measured[name].ops)
+        for name, mode, ratio, s in variants
+    }
     cpu = dataclasses.replace(cpu, cores_shared=d.cores_shared)
     base = RUNS_DIR / Path(config).stem / topo
     facts = link_facts(hosts, per_host, d.uplink_mbit, base / "probe", intra_host_mbit=d.intra_mbit)
     cluster = emulated_cluster(facts, cpu)
+    runs: dict[str, list[dict]] = {name: [] for name, *_ in variants}
+    for round_ in range(repeats):  # round robin, so that the machine's drift spreads over all variants
+        for name, _, _, s in variants:
+            out = base / slug(name) / f"run{round_}"
+            train = ["--config", config, "--set", *s, "--out", str(out)]
+            summary = emulate(
+                hosts, per_host, d.uplink_mbit, train, intra_host_mbit=d.intra_mbit, compute_slowdown=d.compute_slowdown
+            )
+            runs[name].append(summary)
+            print(
+                json.dumps(
+                    {
+                        "config": config,
+                        "topology": topo,
+                        "run": name,
+                        "round": round_,
+                        "examples_per_s": summary["examples_per_s"],
+                    }
+                ),
+                flush=True,
+            )
     rows = []
     for name, mode, ratio, s in variants:
         cfg = load_config(config, s)
-        out = base / name.replace(" ", "_").replace("+", "_")
-        summary = emulate(
-            hosts,
-            per_host,
-            d.uplink_mbit,
-            ["--config", config, "--set", *s, "--out", str(out)],
-            intra_host_mbit=d.intra_mbit,
-            compute_slowdown=d.compute_slowdown,
+        summary = median_run(runs[name])
+        est = predict(
+            cfg, dataclasses.replace(cluster, host_s=host_s[name]), hosts, per_host, mode, ratio, measured[name].ops
         )
-        est = predict(cfg, cluster, hosts, per_host, mode, ratio, measured[name].ops)
         gpu = predict(cfg, PRESETS[like], hosts, per_host, mode, ratio, measured[name].ops)
         rows.append(
             {
@@ -92,6 +122,7 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
                 "run": name,
                 "batch_size": d.batch_size,
                 "examples_per_s": summary["examples_per_s"],
+                "examples_per_s_runs": [r["examples_per_s"] for r in runs[name]],
                 "step_ms": summary["step_ms"],
                 "step_breakdown_ms": summary["step_breakdown_ms"],
                 "auc": summary["auc"],
@@ -101,6 +132,7 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
                 "error": est.examples_per_s / summary["examples_per_s"] - 1,
                 "gpu_predicted": {"examples_per_s": gpu.examples_per_s, **gpu.step.as_dict()},
                 "one_device_ms": {"compute": 1e3 * measured[name].compute_s, "data": 1e3 * measured[name].data_s},
+                "host_ms": 1e3 * host_s[name],
             }
         )
         if free_intra_host:
@@ -108,7 +140,7 @@ def one(config: str, topo: str, like: str, steps: int, free_intra_host: bool) ->
                 hosts,
                 per_host,
                 d.uplink_mbit,
-                ["--config", config, "--set", *s, "--out", f"{out}_free_intra"],
+                ["--config", config, "--set", *s, "--out", str(base / slug(name) / "free_intra")],
                 compute_slowdown=d.compute_slowdown,
             )
             rows[-1]["free_intra_host_examples_per_s"] = free["examples_per_s"]
@@ -138,17 +170,25 @@ def main() -> None:
     p.add_argument("--configs", default="demo,paper_dlrm_small")
     p.add_argument("--topologies", default="2x2,4x1")
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--repeats", type=int, default=3, help="runs of each variant, round robin; the median counts")
     p.add_argument(
         "--no-free-intra-host", action="store_true", help="skip the runs with loopback inside hosts (step 6)"
     )
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be >= 1, got {args.repeats}")
     rows = []
     for config in args.configs.split(","):
         for topo in args.topologies.split(","):
-            rows += one(config, topo, args.like, args.steps, not args.no_free_intra_host)
-    result = {**provenance(), "like": args.like, "steps": args.steps, "results": rows}
+            rows += one(config, topo, args.like, args.steps, args.repeats, not args.no_free_intra_host)
+    result = {**provenance(), "like": args.like, "steps": args.steps, "repeats": args.repeats, "results": rows}
     (HERE / f"results_like_{args.like}.json").write_text(json.dumps(result, indent=2))
     (HERE / f"results_like_{args.like}.md").write_text(report(result))
+
+
+def spread(row: dict) -> str:
+    runs = row.get("examples_per_s_runs", [])
+    return f" ({min(runs):.0f}-{max(runs):.0f})" if len(runs) > 1 else ""
 
 
 def report(result: dict) -> str:
@@ -159,7 +199,8 @@ def report(result: dict) -> str:
         f"# Emulated cluster at {like}'s ratios: two tiers of links, time-dilated",
         "",
         *provenance_lines(result, " (each emulated host pinned to its own share of them)"),
-        f"{result['steps']} steps per run, one run each",
+        f"{result['steps']} steps per run; each variant run {result.get('repeats', 1)} times, round robin: "
+        "examples/s is the median run's (all runs' range in brackets), and the other columns are that run's",
         "",
         "## Speed: measured against the cost model's end-to-end prediction",
         "",
@@ -173,7 +214,8 @@ def report(result: dict) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['config']} | {r['topology']} | {r['batch_size']} | {r['run']} | {r['examples_per_s']:.0f} "
+            f"| {r['config']} | {r['topology']} | {r['batch_size']} | {r['run']} "
+            f"| {r['examples_per_s']:.0f}{spread(r)} "
             f"| {r['predicted']['examples_per_s']:.0f} | {100 * r['error']:+.1f}% | {r['speedup_vs_flat']:.2f}x "
             f"| {r['predicted_speedup_vs_flat']:.2f}x | {r['gpu_speedup_vs_flat']:.2f}x | {r['auc']:.4f} |"
         )

@@ -14,6 +14,11 @@ GB/s over five calibrations in a row, benchmarks/emulated/results_overhead.md), 
 it to a much smaller batch, as time dilation does, magnifies that; a small batch pins op_s and a
 large one the rates.
 
+    host_s        a sharded rank's CPU seconds per step beyond all of the above (host_seconds):
+                  one-device steps do not pack exchanges, launch collectives or fill gradient
+                  buckets, and on the emulated 2x2 paper_dlrm_small a rank's training thread spent
+                  about 10 ms per step where compute.py gave it 5 (batch 32)
+
 Efficiencies are 1 (the rates are what was achieved); each rate is the median of a few repeats
 on one thread, as a rank of the emulator runs (OMP_NUM_THREADS=1).
 """
@@ -184,3 +189,44 @@ def _fit(step: list[float], ops: list[int], roof: list[float]) -> tuple[float | 
         return None, 1.0
     op_s, k = (nt * rr - rt * nr) / det, (rt * nn - nt * nr) / det
     return (op_s, k) if op_s >= 0 and k > 0 else (None, 1.0)
+
+
+def host_seconds(
+    cfg: Config, cpu: Cluster, hosts: int, ranks_per_host: int, mode: str, ratio: float | None, ops: OpCounts
+) -> float:
+    """Cluster.host_s for cfg's sharded step on hosts x ranks_per_host: the slowest rank's CPU seconds
+    per step beyond what compute.py gives it on `cpu` (one core per rank), at least 0. Each rank's
+    training thread is timed (thread_time, so ranks sharing cores do not count against each other)
+    over SHARDED_STEPS steps of the real sharded model on local gloo ranks over loopback."""
+    from dmt.cost.estimate import Estimator
+    from dmt.cost.traffic import traffic
+    from dmt.distributed.launch import launch
+    from dmt.distributed.topology import Layout
+
+    measured = launch(hosts * ranks_per_host, _sharded_step_cpu_s, cfg, ranks_per_host)
+    one_core = dataclasses.replace(cpu, cores_shared=1.0, host_s=0.0)
+    est = Estimator(cfg, one_core)
+    towers = None if mode == "flat" else est.towers_for(hosts)[0]
+    tr = traffic(mode, est.workload(est.shape(mode, towers, ratio)), Layout(hosts, ranks_per_host))
+    modelled = rank_compute(tr, one_core, ops, cfg.train.dense_optimizer)
+    return max(0.0, max(measured[r.rank] - (r.total_s - r.data_s) for r in modelled))
+
+
+SHARDED_STEPS = 20
+
+
+def _sharded_step_cpu_s(cfg: Config, topo) -> float:
+    """On one rank (launch): the median training-thread CPU seconds of a sharded step."""
+    from dmt.train.loop import build, train_step
+
+    torch.set_num_threads(1)
+    t = build(cfg, topo)
+    stream = t.source.train_batches(cfg.train.batch_size, t.topo.rank, t.topo.layout.world)
+    train_step(t, next(stream))  # warm up
+    cpu = []
+    for _ in range(SHARDED_STEPS):
+        batch = next(stream)
+        start = time.thread_time()
+        train_step(t, batch)
+        cpu.append(time.thread_time() - start)
+    return statistics.median(cpu)

@@ -12,6 +12,9 @@ modules as FLOPs, plus the per-operator cost of the host that launches them.
                      CPU; on a GPU with fused table kernels and CUDA graphs it hides behind the
                      device, so the GPU presets charge 0)
     data             data_s_per_sample x B: making the batch (on GPUs a loader prefetches it: 0)
+    host             host_s: what a sharded rank's CPU spends beyond all that (the exchanges'
+                     packing, collective launches, gradient buckets), measured on loopback for
+                     this machine's preset (calibrate.py); 0 on the GPU presets
 
     t_memory = bytes / (memory_gbps x memory_efficiency)
     t_flops  = FLOPs / (peak_tflops x dense_efficiency)
@@ -56,6 +59,7 @@ class RankCompute:
     head_backward_s: float  # before the head's gradients can be all-reduced
     embedding_backward_s: float  # Tower Modules' backward (overlaps the head's all-reduce)
     optimizer_s: float  # row-wise updates of the tables and the dense optimizer
+    host_s: float = 0.0  # the sharded step's CPU beyond these terms (Cluster.host_s)
 
     @property
     def forward_s(self) -> float:
@@ -63,12 +67,14 @@ class RankCompute:
 
     @property
     def total_s(self) -> float:
-        return self.data_s + self.forward_s + self.head_backward_s + self.embedding_backward_s + self.optimizer_s
+        rest = self.head_backward_s + self.embedding_backward_s + self.optimizer_s + self.host_s
+        return self.data_s + self.forward_s + rest
 
     def as_dict(self) -> dict:
         keys = ("data_s", "lookup_s", "tower_forward_s", "head_forward_s", "head_backward_s")
         out = {k: getattr(self, k) for k in keys}
-        out.update(embedding_backward_s=self.embedding_backward_s, optimizer_s=self.optimizer_s, total_s=self.total_s)
+        out.update(embedding_backward_s=self.embedding_backward_s, optimizer_s=self.optimizer_s)
+        out.update(host_s=self.host_s, total_s=self.total_s)
         return out
 
 
@@ -118,6 +124,7 @@ def rank_compute(
                     + params * DENSE_UPDATE_BYTES[dense_optimizer] * byte_s
                     + ops.optimizer * cluster.op_s
                 ),
+                host_s=share * cluster.host_s,
             )
         )
     return out

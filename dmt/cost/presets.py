@@ -54,6 +54,9 @@ class Cluster:
     op_s: float = 0.0  # host seconds per operator launched (0: hidden behind the device)
     data_s_per_sample: float = 0.0  # making the batch (0: a loader prefetches it)
     cores_shared: float = 1.0  # ranks taking turns on one core (the emulator on a small machine)
+    # CPU seconds per step a sharded rank spends beyond the terms above (the exchanges' packing,
+    # collective launches, gradient buckets), measured on loopback (calibrate.py); 0 for GPUs
+    host_s: float = 0.0
     memory_gb: float | None = None  # memory per GPU the planner fits tables into; None: no limit known
 
     def __post_init__(self) -> None:

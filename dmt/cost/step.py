@@ -7,7 +7,7 @@ the order the code runs them, with the one overlap it has.
 
     step_s    = data + forward_comm + lookup + tower_fwd + head_fwd + head_bwd
                 + max(backward_comm + tower_bwd, head all-reduce, both on one link together)
-                + tower_allreduce + optimizer
+                + tower_allreduce + optimizer + host (the sharded step's own CPU, compute.py)
     compute_s = the compute terms alone; comm_s = every collective one after another (at least
                 forward + together + tower_allreduce: a shared link serialises those itself)
     exposed_s = step_s - compute_s (communication nothing hides)
@@ -52,7 +52,7 @@ class StepTiming:
 
 def _slowest(ranks: list[RankCompute]) -> dict[str, float]:
     keys = ("data_s", "lookup_s", "tower_forward_s", "head_forward_s", "head_backward_s")
-    keys += ("embedding_backward_s", "optimizer_s")
+    keys += ("embedding_backward_s", "optimizer_s", "host_s")
     return {k: max(getattr(r, k) for r in ranks) for k in keys}
 
 
@@ -75,6 +75,7 @@ def step_timing(
         + backward
         + comm.after_s
         + c["optimizer_s"]
+        + c["host_s"]
     )
     if comm.pipelined:
         ahead = c["data_s"] + comm.input_s

@@ -4,7 +4,8 @@
              the latencies of tiny collectives from a calibration run that trains nothing
              (probe.py, started by `link_facts` on the same cluster)
     compute  this machine's CPU preset (dmt/cost/calibrate.py): rates measured here, the operator
-             cost fitted to one-device steps, ranks sharing cores as the emulator pins them
+             cost fitted to one-device steps, ranks sharing cores as the emulator pins them, and
+             the callers' host_s: the sharded step's own CPU, timed on loopback ranks
 
 -> predicted seconds per step and examples per second, with compute, exposed communication and
 overlap (dmt/cost/step.py).
@@ -61,7 +62,7 @@ def emulated_cluster(facts: dict, cpu: Cluster | None = None) -> Cluster:
     if cpu is None:
         return links
     fields = ("peak_tflops", "memory_gbps", "memory_efficiency", "dense_efficiency", "op_s")
-    fields += ("data_s_per_sample", "cores_shared")
+    fields += ("data_s_per_sample", "cores_shared", "host_s")
     return dataclasses.replace(links, **{k: getattr(cpu, k) for k in fields})
 
 
