@@ -16,8 +16,8 @@ large one the rates.
 
     host_s        a sharded rank's CPU seconds per step beyond all of the above (host_seconds):
                   one-device steps do not pack exchanges, launch collectives or fill gradient
-                  buckets, and on the emulated 2x2 paper_dlrm_small a rank's training thread spent
-                  about 10 ms per step where compute.py gave it 5 (batch 32)
+                  buckets (an emulated paper_dlrm_small rank: 14.4 ms of CPU per step against the
+                  one-device step's 9.4, benchmarks/emulated/results_overhead.md)
 
 Efficiencies are 1 (the rates are what was achieved); each rate is the median of a few repeats
 on one thread, as a rank of the emulator runs (OMP_NUM_THREADS=1).
