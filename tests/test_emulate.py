@@ -140,26 +140,6 @@ def test_stalls_are_log_windows_beyond_the_median(tmp_path):
     assert stalls(tmp_path / "missing.jsonl", 128, 5)["stalled_s"] is None
 
 
-def test_the_fault_clock_starts_at_the_first_log_record_of_this_run(tmp_path):
-    """Not when metrics.jsonl is created (before the first step, whose set-up can take longer than
-    an outage), and not from an older run's file."""
-    import time
-
-    from dmt.emulate.faults import LinkFaults
-
-    metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text("{}\n")
-    injector = LinkFaults([], lambda h, pct: None, metrics, not_before=time.time() + 60)
-    assert injector._training_started() is None  # a line, but from before this run began
-    injector.not_before = 0.0
-    metrics.write_text("")
-    assert injector._training_started() is None  # created, no record yet
-    metrics.write_text(json.dumps({"step": 2}) + "\n")
-    assert injector._training_started() == pytest.approx(time.time(), abs=1.0)
-    metrics.unlink()
-    assert injector._training_started() is None
-
-
 def test_link_tiers_by_hand():
     from dmt.emulate.tiers import HEADER_BYTES, link_tiers
 

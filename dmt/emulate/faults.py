@@ -7,9 +7,8 @@
     kill:rank=R,step=K                   rank R kills itself (SIGKILL) as it begins step K, on
                                          the first attempt only (a restarted rank trains on)
 
-Times count from the training loop's first log record (when the run's metrics.jsonl gets its
-first line), so that set-up time on a busy machine, the first step's included, does not move the
-fault. An outage takes the host's port on the
+Times count from the start of the training loop (when the run's metrics.jsonl appears), so that
+set-up time on a busy machine does not move the fault. An outage takes the host's port on the
 switch down; loss switches a netem qdisc in front of the link's token bucket in both directions
 (kernels without netem refuse it); a kill is done by the rank itself
 (`kill_if_due`, called by the training loop at every step), which the emulator arms through
@@ -127,13 +126,11 @@ class LinkFaults:
         return self
 
     def _training_started(self) -> float | None:
-        """Now, once the run's first log record is written (steps are running: the first step's
-        set-up, such as gloo connecting its peers, is over); else None."""
         try:
-            st = self.started.stat()
+            mtime = self.started.stat().st_mtime
         except FileNotFoundError:
             return None
-        return time.time() if st.st_mtime >= self.not_before and st.st_size > 0 else None
+        return time.time() if mtime >= self.not_before else None
 
     def _run(self) -> None:
         t0 = None
