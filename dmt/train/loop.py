@@ -149,6 +149,8 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
             batch, sparse = next(batches)
         loss, _ = train_step(t, batch, sparse if isinstance(sparse, RoutedIds) else None)
         recorder.end_step(loss)
+        if step == start:
+            runlog.steps_running()
         if (step + 1) % cfg.train.log_every == 0 or step + 1 == steps:
             record = recorder.log_record(step + 1, cfg.train.log_every)
             runlog.record(record)

@@ -18,12 +18,16 @@ class RunLog:
         self.out, self.enabled = out, enabled
         self.records: list[dict] = []
         self.writer = None
-        if enabled:
-            (out / "metrics.jsonl").write_text("")
-            if tensorboard:
-                from torch.utils.tensorboard import SummaryWriter
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(out / "tensorboard"))
+            self.writer = SummaryWriter(str(out / "tensorboard"))
+
+    def steps_running(self) -> None:
+        """After the first step (its set-up, such as gloo connecting its peers, is over): start an
+        empty metrics.jsonl, whose appearance starts the clock of `dmt emulate --fault`."""
+        if self.enabled:
+            (self.out / "metrics.jsonl").write_text("")
 
     def record(self, rec: dict) -> None:
         if not self.enabled:
