@@ -7,11 +7,10 @@
     kill:rank=R,step=K                   rank R kills itself (SIGKILL) as it begins step K, on
                                          the first attempt only (a restarted rank trains on)
 
-Times count from the end of the training loop's first step (when the run's metrics.jsonl
-appears), so that set-up time on a busy machine, the first step's included, does not move the
-fault. An outage takes the host's port on the
-switch down; loss switches a netem qdisc in front of the link's token bucket in both directions
-(kernels without netem refuse it); a kill is done by the rank itself
+Times count from the end of the training loop's first step (when the run's metrics.jsonl appears),
+so that set-up time on a busy machine, the first step's included, does not move the fault. An outage
+takes the host's port on the switch down; loss switches a netem qdisc in front of the link's token
+bucket in both directions (kernels without netem refuse it); a kill is done by the rank itself
 (`kill_if_due`, called by the training loop at every step), which the emulator arms through
 DMT_FAULT_KILL.
 """
