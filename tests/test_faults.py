@@ -44,18 +44,18 @@ def test_a_long_outage_ends_every_rank_within_the_timeout(tmp_path):
 @needs_root
 def test_a_short_outage_is_ridden_through_and_a_killed_rank_restarts_from_its_checkpoint(tmp_path):
     """One run (to keep the suite short): host 0's link is cut from 0.2 s to 3.2 s of training, and
-    the run rides it through; later rank 1 is killed at step 100, with checkpoints every 40 steps,
-    and restarts from step 80. It finishes; its final parameters are exactly an uninterrupted run's
-    (resuming equals not stopping: test_resilience), so also those of one resumed from step 80.
-    The kill comes 100 steps in so that the outage has begun before it even where a step takes
+    the run rides it through; later rank 1 is killed at step 110, with checkpoints every 20 steps,
+    and restarts from step 100. It finishes; its final parameters are exactly an uninterrupted run's
+    (resuming equals not stopping: test_resilience), so also those of one resumed from step 100.
+    The kill comes 110 steps in so that the outage has begun before it even where a step takes
     only 3 ms (CI's take about 9 ms; with the kill at step 50 and the outage at 0.5 s, CI's
     first attempt once ended before the outage began)."""
     from dmt.config import load_config
     from dmt.distributed.launch import launch
     from dmt.train.run import _train_rank
 
-    settings = [*SMALL[3:], "train.steps=120", "train.batch_size=32", "train.checkpoint_every=40", "train.log_every=2"]
-    faults = [parse_fault("outage:host=0,start=0.2,duration=3"), parse_fault("kill:rank=1,step=100")]
+    settings = [*SMALL[3:], "train.steps=120", "train.batch_size=32", "train.checkpoint_every=20", "train.log_every=2"]
+    faults = [parse_fault("outage:host=0,start=0.2,duration=3"), parse_fault("kill:rank=1,step=110")]
     summary = emu.emulate(
         2, 1, 400, [*SMALL[:3], *settings, "--out", str(tmp_path / "faulty")], port=29651, faults=faults, max_restarts=1
     )
@@ -65,7 +65,7 @@ def test_a_short_outage_is_ridden_through_and_a_killed_rank_restarts_from_its_ch
     (first,) = f["restarts"]  # the outage stopped nothing; the kill did, once
     assert "rank 1 (host 1" in first["error"] and "killed by signal SIGKILL" in first["error"]
     assert 2.5 < first["stalls"]["stalled_s"] < 15, first  # most of the outage, at most some TCP back-offs more
-    assert f["killed"] == {"rank": 1, "step": 100, "last_checkpoint_step": 80} and f["steps_redone"] == 20
+    assert f["killed"] == {"rank": 1, "step": 110, "last_checkpoint_step": 100} and f["steps_redone"] == 10
     cfg = load_config("demo", settings)
     launch(2, _train_rank, cfg, 1, str(tmp_path / "straight"), False, start_method="fork")
     _, faulty = load_file(tmp_path / "faulty")
