@@ -112,6 +112,26 @@ def test_killing_a_rank_stops_every_rank(tmp_path):
     assert not Path(f"/proc/{workers[0]}").exists(), "the surviving rank was left running"
 
 
+def _killed_and_a_survivor(cfg, topo):
+    """Rank 1 is killed; rank 0 fails 50 ms later, as a survivor's collective fails on the reset
+    connection."""
+    if topo.rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    raise RuntimeError("Connection reset by peer (planted)")
+
+
+def test_the_rank_named_is_the_one_that_died_first_not_a_survivor_that_failed_after_it():
+    """Both ranks are dead by the launcher's next poll; without run_rank's grace before a failed
+    rank leaves, the launcher names the lower rank, the survivor."""
+    from dmt.distributed.launch import RankFailure, launch
+
+    with pytest.raises(RankFailure) as e:
+        launch(2, _killed_and_a_survivor, small_config(), 1, start_method="fork")
+    message = str(e.value)
+    assert message.startswith("lost rank 1 (pid ") and "signal SIGKILL" in message, message
+
+
 def test_sharded_checkpoint_exports_to_one_device_eval(tmp_path):
     """The one-device model.pt exported from DCP shards evaluates exactly as the sharded run did."""
     import json

@@ -1,7 +1,11 @@
 """Starting ranks: `--nproc N` launches N local processes through torch's elastic launcher; under
 `torchrun` (RANK and WORLD_SIZE set) the current process is already one rank.
 
-If any rank dies, the launcher stops the others and `RankFailure` names the lost rank.
+If any rank dies, the launcher stops the others and `RankFailure` names the lost rank. A rank
+whose training raised waits PEER_GRACE_S before it leaves: when a peer is killed, the survivors'
+next collective fails at once on the reset connection, and without the wait the launcher, which
+polls every 0.2 s and reports the first dead rank it finds in rank order, could name a survivor
+(a fresh clone here once reported rank 0's abort for rank 1's SIGKILL).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import logging
 import os
 import socket
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -56,13 +61,22 @@ def init_rank(cfg: Config, ranks_per_host: int | None) -> Topology:
     return Topology.create(Layout.for_world(world, per_host))
 
 
+PEER_GRACE_S = 1.0  # five of the launcher's polls
+
+
 def run_rank(fn: Callable, cfg: Config, ranks_per_host: int | None, *args):
-    """Body of one rank: join, run fn(cfg, topo, *args), leave. A user error exits with code 2."""
+    """Body of one rank: join, run fn(cfg, topo, *args), leave. A user error exits with code 2;
+    any other error leaves PEER_GRACE_S later, so that a peer that died first is the one named."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
         topo = init_rank(cfg, ranks_per_host)
         try:
             return fn(cfg, topo, *args)
+        except UserError:
+            raise
+        except Exception:
+            time.sleep(PEER_GRACE_S)
+            raise
         finally:
             dist.destroy_process_group()
     except UserError as e:
