@@ -10,7 +10,7 @@ import pytest
 
 from dmt.cli import main
 from dmt.config import ModelConfig, load_config
-from dmt.cost.calibrate import StepMeasurement, fit_cpu, host_seconds, one_device_roofline
+from dmt.cost.calibrate import StepMeasurement, fit_cpu, host_seconds, host_seconds_by_variant, one_device_roofline
 from dmt.cost.compute import DENSE_UPDATE_BYTES, UPDATE_TRAFFIC, OpCounts, rank_compute
 from dmt.cost.estimate import Estimator
 from dmt.cost.presets import Cluster, cluster, emulated
@@ -119,6 +119,28 @@ def test_host_seconds_is_the_slowest_ranks_measured_cpu_beyond_the_model(monkeyp
     behind = {r: v - 1.0 for r, v in planted.items()}
     monkeypatch.setattr("dmt.distributed.launch.launch", lambda n, fn, cfg, rph: behind)
     assert host_seconds(cfg, cpu, 2, 2, "flat", None, ops) == 0.0
+
+
+def test_host_seconds_by_variant_calibrates_round_robin_and_keeps_each_variants_median(monkeypatch):
+    """Three rounds over two variants go a, b, a, b, a, b (drift spreads over both); each variant
+    keeps the median of its three calibrations, so one slow round does not move it."""
+    cfg = load_config("dmt/configs/synthetic_dmt_dlrm.toml", ["train.batch_size=32"])
+    ops = OpCounts(300, 320, 540)
+    planted = iter([5e-3, 1e-3, 9e-3, 2e-3, 6e-3, 1.5e-3])  # a's second round is slow
+    calls = []
+
+    def fake(cfg_, cpu, hosts, rph, mode, ratio, ops_):
+        calls.append((mode, ratio, hosts, rph))
+        return next(planted)
+
+    monkeypatch.setattr("dmt.cost.calibrate.host_seconds", fake)
+    cpu = emulated(100.0, 1.0, 0.0, 0.0)
+    variants = [("a", cfg, "flat", None, ops), ("b", cfg, "sptt", 4.0, ops)]
+    got = host_seconds_by_variant(variants, cpu, 2, 2, rounds=3)
+    assert got == {"a": pytest.approx(6e-3), "b": pytest.approx(1.5e-3)}
+    assert calls == [("flat", None, 2, 2), ("sptt", 4.0, 2, 2)] * 3
+    with pytest.raises(ValueError, match="rounds must be >= 1, got 0"):
+        host_seconds_by_variant(variants, cpu, 2, 2, rounds=0)
 
 
 def test_the_cpu_fit_recovers_a_planted_operator_cost():

@@ -10,9 +10,11 @@ Per config and topology:
        its step than the GPU, the batch per rank the link rates need, both rates
     2. the CPU preset: one-device steps of all five variants at that batch (operators counted,
        times measured), the operator cost fitted over them, and each variant's sharded step on
-       local loopback ranks for the CPU a rank spends beyond the model's terms (host_s, dmt/cost/calibrate.py)
+       local loopback ranks for the CPU a rank spends beyond the model's terms (host_s,
+       dmt/cost/calibrate.py), --repeats times round robin over the variants, the median
     3. the links' facts: the calibration probe on the two-tier cluster at those rates
-    4. each variant trained on that cluster; the prediction (dmt/emulate/predict.py) beside it
+    4. each variant trained on that cluster --repeats times, round robin; the prediction
+       (dmt/emulate/predict.py) beside the median run
     5. the same layout and batch predicted on the GPU preset: what the emulated cluster stands for
     6. each variant again at the same batch and uplink rate with free intra-host links (loopback
        inside a host, as in results.md): what the intra-host tier costs SPTT at the GPU's ratio
@@ -30,7 +32,7 @@ from pathlib import Path
 from benchmarks.common import provenance, provenance_lines
 from benchmarks.emulated.run import MODELS
 from dmt.config import load_config
-from dmt.cost.calibrate import fit_cpu, host_seconds, measure_step
+from dmt.cost.calibrate import fit_cpu, host_seconds_by_variant, measure_step
 from dmt.cost.presets import PRESETS, emulated
 from dmt.emulate import emulate
 from dmt.emulate.dilate import dilate_config
@@ -78,10 +80,13 @@ def one(config: str, topo: str, like: str, steps: int, repeats: int, free_intra_
         emulated(100.0, 1.0, 0.0, 0.0),
         [(load_config(config, s), mode, ratio, measured[name]) for name, mode, ratio, s in variants],
     )
-    host_s = {
-        name: host_seconds(load_config(config, s), cpu, hosts, per_host, mode, ratio, measured[name].ops)
-        for name, mode, ratio, s in variants
-    }
+    host_s = host_seconds_by_variant(
+        [(name, load_config(config, s), mode, ratio, measured[name].ops) for name, mode, ratio, s in variants],
+        cpu,
+        hosts,
+        per_host,
+        rounds=repeats,
+    )
     cpu = dataclasses.replace(cpu, cores_shared=d.cores_shared)
     base = RUNS_DIR / Path(config).stem / topo
     facts = link_facts(hosts, per_host, d.uplink_mbit, base / "probe", intra_host_mbit=d.intra_mbit)
@@ -170,7 +175,12 @@ def main() -> None:
     p.add_argument("--configs", default="demo,paper_dlrm_small")
     p.add_argument("--topologies", default="2x2,4x1")
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--repeats", type=int, default=3, help="runs of each variant, round robin; the median counts")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="runs and host_s calibrations of each variant, round robin; the medians count",
+    )
     p.add_argument(
         "--no-free-intra-host", action="store_true", help="skip the runs with loopback inside hosts (step 6)"
     )

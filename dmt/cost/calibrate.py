@@ -212,6 +212,27 @@ def host_seconds(
     return max(0.0, max(measured[r.rank] - (r.total_s - r.data_s) for r in modelled))
 
 
+def host_seconds_by_variant(
+    variants: list[tuple[str, Config, str, float | None, OpCounts]],
+    cpu: Cluster,
+    hosts: int,
+    ranks_per_host: int,
+    rounds: int = 1,
+) -> dict[str, float]:
+    """host_seconds of each variant (name, cfg, mode, ratio, ops), measured `rounds` times round
+    robin, so that the machine's drift spreads over all variants -> {name: the median}. One
+    calibration of 20 steps moved by a third between variants that differ only in a Tower Module's
+    width (11.8 ms and 7.6 ms, demo 4x1, benchmarks/emulated/results_like_h100.md at 8d19b20), and
+    the emulated step multiplies host_s by the ranks sharing a core (6-11 there)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    seen: dict[str, list[float]] = {name: [] for name, *_ in variants}
+    for _ in range(rounds):
+        for name, cfg, mode, ratio, ops in variants:
+            seen[name].append(host_seconds(cfg, cpu, hosts, ranks_per_host, mode, ratio, ops))
+    return {name: statistics.median(values) for name, values in seen.items()}
+
+
 SHARDED_STEPS = 20
 
 

@@ -62,7 +62,7 @@ def run_emulated(
     """Both runs on the cluster dilated by `d` (`dilation`). runs: (name, overrides); the first is
     the baseline. -> [{"name", "summary", "predicted"}] with the dilation in the first row"""
     from dmt.config import load_config
-    from dmt.cost.calibrate import fit_cpu, host_seconds, measure_step
+    from dmt.cost.calibrate import fit_cpu, host_seconds_by_variant, measure_step
     from dmt.cost.presets import emulated
     from dmt.emulate import emulate
     from dmt.emulate.dilate import print_dilation, variant
@@ -75,12 +75,12 @@ def run_emulated(
         emulated(100.0, 1.0, 0.0, 0.0),
         [(load_config(config, s), *variant(load_config(config, s)), measured[name]) for name, s in cfgs],
     )
-    host_s = {
-        name: host_seconds(
-            load_config(config, s), cpu, hosts, ranks_per_host, *variant(load_config(config, s)), measured[name].ops
-        )
-        for name, s in cfgs
-    }
+    host_s = host_seconds_by_variant(
+        [(name, load_config(config, s), *variant(load_config(config, s)), measured[name].ops) for name, s in cfgs],
+        cpu,
+        hosts,
+        ranks_per_host,
+    )
     cpu = dataclasses.replace(cpu, cores_shared=d.cores_shared)
     facts = link_facts(hosts, ranks_per_host, d.uplink_mbit, out / "probe", intra_host_mbit=d.intra_mbit)
     cluster = emulated_cluster(facts, cpu)
