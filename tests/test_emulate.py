@@ -126,18 +126,19 @@ def test_faults_parse_and_reject_bad_items():
         check_faults([parse_fault("kill:rank=4,step=1")], hosts=2, world=4)
 
 
-def test_stalls_are_log_windows_beyond_the_median(tmp_path):
+def test_stalls_are_log_windows_beyond_the_median_a_save_beyond_the_median_save(tmp_path):
+    """Wall windows 0.4, 0.4, 3.4 (an outage), 0.4; 0.7 with a 0.3 s save and 2.7 with a save that
+    an outage held 2.3 s longer: 3.0 + 2.0 stalled, the saves themselves not counted."""
     from dmt.emulate.faults import stalls
 
-    # windows of 5 steps x 128 samples: 640 / examples_per_s seconds -> 0.4, 0.4, 3.4, 0.4
-    rates = [1600.0, 1600.0, 640 / 3.4, 1600.0]
+    windows = [(0.4, 0.0), (0.4, 0.0), (3.4, 0.0), (0.4, 0.0), (0.7, 0.3), (2.7, 2.6), (0.4, 0.0), (0.7, 0.3)]
     (tmp_path / "m.jsonl").write_text(
-        "".join(json.dumps({"step": 5 * (i + 1), "examples_per_s": r}) + "\n" for i, r in enumerate(rates))
+        "".join(json.dumps({"step": 5 * i, "wall_s": w, "checkpoint_s": c}) + "\n" for i, (w, c) in enumerate(windows))
     )
-    got = stalls(tmp_path / "m.jsonl", global_batch=128, log_every=5)
-    assert got["stalled_s"] == pytest.approx(3.0) and got["windows"] == 4
+    got = stalls(tmp_path / "m.jsonl")
+    assert got["stalled_s"] == pytest.approx(3.0 + 2.0) and got["windows"] == 8
     assert got["median_window_s"] == pytest.approx(0.4) and got["longest_window_s"] == pytest.approx(3.4)
-    assert stalls(tmp_path / "missing.jsonl", 128, 5)["stalled_s"] is None
+    assert stalls(tmp_path / "missing.jsonl")["stalled_s"] is None
 
 
 def test_link_tiers_by_hand():

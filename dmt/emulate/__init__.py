@@ -137,7 +137,7 @@ def emulate(
             lost = launch.failure(procs, cfg.dist.timeout_s if cfg is not None else None)
             restarts.append({"attempt": attempt, "error": str(lost), "at_s": time.time() - started})
             if cfg is not None:  # the restart rewrites metrics.jsonl: keep this attempt's stalls
-                restarts[-1]["stalls"] = stalls(out / "metrics.jsonl", _global_batch(cfg, c), cfg.train.log_every)
+                restarts[-1]["stalls"] = stalls(out / "metrics.jsonl")
             print(f"dmt emulate: {lost}; restarting every rank from the last checkpoint", file=sys.stderr)
         links = network.link_bytes(c)
         rank_links = network.rank_link_bytes(c) if c.two_tier else None
@@ -252,10 +252,6 @@ def _start(
     return procs
 
 
-def _global_batch(cfg, c: EmulatedCluster) -> int:
-    return cfg.train.batch_size * c.world
-
-
 def _fault_report(
     faults: list[Fault], applied: list[dict], out: Path, cfg, summary: dict, restarts: list[dict]
 ) -> dict:
@@ -263,8 +259,7 @@ def _fault_report(
     rank how many steps of work the restart had to redo (back to the last checkpoint)."""
     report: dict = {"applied": applied}
     if cfg is not None:
-        world = summary["world"]["hosts"] * summary["world"]["ranks_per_host"]
-        report.update(stalls(out / "metrics.jsonl", cfg.train.batch_size * world, cfg.train.log_every))
+        report.update(stalls(out / "metrics.jsonl"))
         earlier = [r["stalls"]["stalled_s"] or 0.0 for r in restarts if "stalls" in r]
         report["stalled_s"] = (report["stalled_s"] or 0.0) + sum(earlier)  # over every attempt
         kill = next((f for f in faults if f.kind == "kill"), None)

@@ -163,19 +163,22 @@ class LinkFaults:
         return self.applied
 
 
-def stalls(metrics: Path, global_batch: int, log_every: int) -> dict:
-    """How long training stood still, from the run's metrics.jsonl: the time of each log window
-    (its steps x global batch / its examples per s) beyond the median window's.
-    -> {stalled_s, longest_window_s, median_window_s, windows}"""
+def stalls(metrics: Path) -> dict:
+    """How long training stood still, from the run's metrics.jsonl: the wall time of each log window
+    (since the record before: its steps, logging and any checkpoint save, where a stall can fall as
+    well as in a step) beyond the median window's, a window with a save beyond the median window
+    plus the median save. -> {stalled_s, longest_window_s, median_window_s, windows}"""
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
     records = [json.loads(line) for line in lines if line.strip()]
-    spans = [min(log_every, r["step"]) * global_batch / r["examples_per_s"] for r in records if r["examples_per_s"] > 0]
-    if not spans:
+    if not records:
         return {"stalled_s": None, "longest_window_s": None, "median_window_s": None, "windows": 0}
-    median = sorted(spans)[len(spans) // 2]
+    plain = sorted(r["wall_s"] for r in records if not r["checkpoint_s"]) or [0.0]
+    saves = sorted(r["checkpoint_s"] for r in records if r["checkpoint_s"]) or [0.0]
+    median, median_save = plain[len(plain) // 2], saves[len(saves) // 2]
+    expected = [median + (median_save if r["checkpoint_s"] else 0.0) for r in records]
     return {
-        "stalled_s": sum(max(0.0, s - median) for s in spans),
-        "longest_window_s": max(spans),
+        "stalled_s": sum(max(0.0, r["wall_s"] - e) for r, e in zip(records, expected, strict=True)),
+        "longest_window_s": max(r["wall_s"] for r in records),
         "median_window_s": median,
-        "windows": len(spans),
+        "windows": len(records),
     }

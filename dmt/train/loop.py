@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -156,7 +157,9 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, topo: Topology
             runlog.record(record)
             bar.set_postfix(loss=f"{record['train_logloss']:.4f}")
         if cfg.train.checkpoint_every and (step + 1) % cfg.train.checkpoint_every == 0 and step + 1 < steps:
+            saving = time.perf_counter()
             ckpt.save(t.model, t.optimizers, t.topo, cfg, out, step + 1)
+            recorder.checkpointed(time.perf_counter() - saving)
     recorder.stop()
     if isinstance(batches, PipelinedBatches):
         batches.close()  # its thread has routed its last batch

@@ -1,6 +1,7 @@
 """What a run leaves to look at, beside summary.json (rank 0 only):
 
-DIR/metrics.jsonl    one JSON record per log interval (loss, examples/s, bytes per tier, phase times)
+DIR/metrics.jsonl    one JSON record per log interval (loss, examples/s, bytes per tier, phase times,
+                     the interval's wall seconds and the checkpoint saves' share of them)
 DIR/tensorboard/     the same as TensorBoard scalars, plus the final AUC and log loss
 DIR/curves.png       training log loss, examples/s and step-time breakdown over steps
 """

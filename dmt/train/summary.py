@@ -36,6 +36,11 @@ class StepRecorder:
     def start(self) -> None:
         self.link_before = self._link_counters()
         self.loop_start = time.perf_counter()
+        self._record_end, self._checkpoint_s = self.loop_start, 0.0
+
+    def checkpointed(self, seconds: float) -> None:
+        """A checkpoint was saved between steps, taking `seconds`: the next record's checkpoint_s."""
+        self._checkpoint_s += seconds
 
     def begin_step(self) -> None:
         self._step_start = time.perf_counter()
@@ -62,11 +67,15 @@ class StepRecorder:
             "step": step,
             "train_logloss": _read(torch.stack(self.losses[window]).mean()),
             "examples_per_s": len(self.step_s[window]) * self.global_batch / sum(self.step_s[window]),
+            # since the last record, all of it: steps, logging and checkpoints (a stall can fall in any)
+            "wall_s": time.perf_counter() - self._record_end,
+            "checkpoint_s": self._checkpoint_s,
             "step_ms": {k: 1e3 * v for k, v in mean_phases(self.phases[window]).items()},
             "cross_host_bytes": float(np.mean([c["cross_host_bytes"] for c in self.comm[window]])),
             "intra_host_bytes": float(np.mean([c["intra_host_bytes"] for c in self.comm[window]])),
         }
         self.log.append(record)
+        self._record_end, self._checkpoint_s = time.perf_counter(), 0.0
         return record
 
     def _link_counters(self) -> dict[str, int] | None:
