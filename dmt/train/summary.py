@@ -63,19 +63,20 @@ class StepRecorder:
     def log_record(self, step: int, every: int) -> dict:
         """The record of the last `every` steps (metrics.jsonl, TensorBoard, the progress bar)."""
         window = slice(-every, None)
+        now = time.perf_counter()
         record = {
             "step": step,
             "train_logloss": _read(torch.stack(self.losses[window]).mean()),
             "examples_per_s": len(self.step_s[window]) * self.global_batch / sum(self.step_s[window]),
             # since the last record, all of it: steps, logging and checkpoints (a stall can fall in any)
-            "wall_s": time.perf_counter() - self._record_end,
+            "wall_s": now - self._record_end,
             "checkpoint_s": self._checkpoint_s,
             "step_ms": {k: 1e3 * v for k, v in mean_phases(self.phases[window]).items()},
             "cross_host_bytes": float(np.mean([c["cross_host_bytes"] for c in self.comm[window]])),
             "intra_host_bytes": float(np.mean([c["intra_host_bytes"] for c in self.comm[window]])),
         }
         self.log.append(record)
-        self._record_end, self._checkpoint_s = time.perf_counter(), 0.0
+        self._record_end, self._checkpoint_s = now, 0.0  # the windows tile the loop
         return record
 
     def _link_counters(self) -> dict[str, int] | None:
