@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from dmt import slowdown
-from dmt.distributed.topology import Layout
+from dmt.distributed.topology import GroupRef, Layout
 from dmt.distributed.wire import RowWire
 from dmt.guard import device_sync
 
@@ -125,7 +125,8 @@ class Exchange:
     ) -> None:
         """profile: wait for the device around each collective (CUDA), so that its time is the
         transfer's; off in training, where the wait would undo the overlap."""
-        self.group, self.members, self.layout, self.counter, self.name = group, members, layout, counter, name
+        self._group = None if group is None else GroupRef(group)
+        self.members, self.layout, self.counter, self.name = members, layout, counter, name
         self.wire = wire if wire is not None else RowWire()
         self.profile = profile
         self.size = len(members)
@@ -134,6 +135,10 @@ class Exchange:
         # gloo over TCP: exchange across hosts through point-to-point messages, receives first
         # (see _receives_first); NCCL's fused all-to-all is better left alone
         self.receives_first = group is not None and any(self.cross) and dist.get_backend(group) == dist.Backend.GLOO
+
+    @property
+    def group(self) -> dist.ProcessGroup | None:
+        return None if self._group is None else self._group()
 
     def _count(self, phase: str, send_elems: list[int], elem_bytes: int) -> None:
         for j, n in enumerate(send_elems):

@@ -37,6 +37,7 @@ from torch.autograd import Variable
 
 from dmt import slowdown
 from dmt.distributed.comm import CommCounter
+from dmt.distributed.topology import GroupRef
 from dmt.timing import PhaseTimer
 
 
@@ -70,7 +71,8 @@ class Bucket:
         cross_host: bool,
         dtype: torch.dtype = torch.float32,
     ):
-        self.name, self.params, self.group, self.members, self.cross_host = name, params, group, members, cross_host
+        self.name, self.params, self.members, self.cross_host = name, params, members, cross_host
+        self.group = None if group is None else GroupRef(group)  # held weakly (dmt/distributed/topology.py)
         self.dtype = dtype
         self.size = len(members)
         self.ready: set[int] = set()
@@ -87,7 +89,7 @@ class Bucket:
             counter.allreduce_cross_host_bytes += wire.numel() * wire.element_size()
         slowdown.pace()  # the emulator's slowed compute (dmt/slowdown.py)
         start = time.perf_counter()
-        work = dist.all_reduce(wire, group=self.group, async_op=True)
+        work = dist.all_reduce(wire, group=self.group(), async_op=True)
         done: list[float] = []  # when the backend finished it (the wait may come much later)
         work.get_future().add_done_callback(lambda _: done.append(time.perf_counter()))
 

@@ -78,7 +78,8 @@ def run_rank(fn: Callable, cfg: Config, ranks_per_host: int | None, *args):
             time.sleep(PEER_GRACE_S)
             raise
         finally:
-            dist.destroy_process_group()
+            if dist.is_initialized():  # (fn may have left the group itself)
+                dist.destroy_process_group()
     except UserError as e:
         print(f"dmt: error: rank {os.environ.get('RANK')}: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -38,7 +38,7 @@ from dmt.distributed.ids import RoutedIds
 from dmt.distributed.plan import ShardingPlan, plan
 from dmt.distributed.shards import unit_key
 from dmt.distributed.sptt import sptt_compute, sptt_route
-from dmt.distributed.topology import Topology
+from dmt.distributed.topology import GroupRef, Topology
 from dmt.distributed.wire import WireOptions
 from dmt.models.base import MultiTowerModel
 from dmt.sparse import as_keyed_jagged
@@ -90,7 +90,7 @@ class ShardedModel(nn.Module):
         self.counter = CommCounter()
         self.timer = timer if timer is not None else PhaseTimer(sync_cuda=profile)
         self.precision = precision
-        self._column_groups: dict[str, object] = {}
+        self._column_groups: dict[str, GroupRef] = {}
         if sharding.mode == "single":
             self.sync = None
             return
@@ -143,7 +143,7 @@ class ShardedModel(nn.Module):
         hold the other columns of its rows, the width of the whole row). Row-wise optimizers sum
         their per-row statistics over that group (dmt/train/optim.py)."""
         emb = self.module.embeddings
-        return {emb.tables[t].weight: (g, emb.specs[t].embedding_dim) for t, g in self._column_groups.items()}
+        return {emb.tables[t].weight: (g(), emb.specs[t].embedding_dim) for t, g in self._column_groups.items()}
 
     @contextmanager
     def no_sync(self) -> Iterator[None]:
@@ -192,7 +192,7 @@ class ShardedModel(nn.Module):
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
-def _column_groups(sharding: ShardingPlan, rank: int) -> dict[str, object]:
+def _column_groups(sharding: ShardingPlan, rank: int) -> dict[str, GroupRef]:
     """Collective (every rank, same order): one process group per row range of a table cut into
     several column ranges. -> table -> the group of this rank's shard of it."""
     mine = {}
@@ -204,7 +204,7 @@ def _column_groups(sharding: ShardingPlan, rank: int) -> dict[str, object]:
             if len(ranks) > 1:
                 group = dist.new_group(sorted(ranks))
                 if rank in ranks:
-                    mine[t] = group
+                    mine[t] = GroupRef(group)
     return mine
 
 

@@ -15,6 +15,13 @@
 Groups are created collectively (every rank calls `Topology.create`) and passed explicitly. A
 world of one (`Topology.single()`) has no process group at all: one device, no collectives.
 
+dmt holds every group it uses weakly (`GroupRef`): torch.distributed owns the groups, and
+`destroy_process_group()` frees them at the call, as in a script without dmt, even while the user
+still holds the topology or the sharded model. A group that outlived that call would be freed
+during interpreter shutdown instead, where a gloo worker thread that still holds a finished
+collective's tensor can abort the process ("terminate called without an active exception"). A dmt
+object used after the call raises a clear error.
+
     >>> topo = Topology.single()
     >>> topo.layout.world, topo.all_gather_object("x"), topo.max_over_ranks(3)
     (1, ['x'], 3)
@@ -23,7 +30,8 @@ world of one (`Topology.single()`) has no process group at all: one device, no c
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import weakref
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch.distributed as dist
@@ -73,20 +81,46 @@ class Layout:
         return [self.rank(h, local) for h in range(self.hosts)]
 
 
+class GroupRef:
+    """A process group held weakly (see the module docstring); calling it gives the group."""
+
+    __slots__ = ("_ref",)
+
+    def __init__(self, group: dist.ProcessGroup) -> None:
+        self._ref = weakref.ref(group)
+
+    def __call__(self) -> dist.ProcessGroup:
+        group = self._ref()
+        if group is None:
+            raise RuntimeError("dmt: the process group is gone: torch.distributed.destroy_process_group() was called")
+        return group
+
+
+def _group(name: str) -> property:
+    return property(lambda self: self.group(name), doc=f"this rank's {name} process group (None in a world of one)")
+
+
 @dataclass
 class Topology:
-    """This rank's place in the layout and its process groups."""
+    """This rank's place in the layout and its process groups, by name: world, dense, intra,
+    tower, peer, input_world, input_intra, input_peer (the table in the module docstring)."""
 
     layout: Layout
     rank: int
-    world_group: dist.ProcessGroup | None = None
-    dense_group: dist.ProcessGroup | None = None
-    intra_group: dist.ProcessGroup | None = None
-    tower_group: dist.ProcessGroup | None = None
-    peer_group: dist.ProcessGroup | None = None
-    input_world_group: dist.ProcessGroup | None = None
-    input_intra_group: dist.ProcessGroup | None = None
-    input_peer_group: dist.ProcessGroup | None = None
+    groups: dict[str, GroupRef] = field(default_factory=dict)
+
+    def group(self, name: str) -> dist.ProcessGroup | None:
+        ref = self.groups.get(name)
+        return None if ref is None else ref()
+
+    world_group = _group("world")
+    dense_group = _group("dense")
+    intra_group = _group("intra")
+    tower_group = _group("tower")
+    peer_group = _group("peer")
+    input_world_group = _group("input_world")
+    input_intra_group = _group("input_intra")
+    input_peer_group = _group("input_peer")
 
     @property
     def host(self) -> int:
@@ -107,25 +141,25 @@ class Topology:
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != layout.world:
             raise UserError(f"topology {layout.hosts}x{layout.ranks_per_host} needs {layout.world} ranks, have {world}")
-        topo = Topology(layout, rank, world_group=dist.group.WORLD, dense_group=dist.new_group(list(range(world))))
+        mine = {"world": dist.group.WORLD, "dense": dist.new_group(list(range(world)))}
         for h in range(layout.hosts):
             intra, tower = dist.new_group(layout.host_ranks(h)), dist.new_group(layout.host_ranks(h))
-            if h == topo.host:
-                topo.intra_group, topo.tower_group = intra, tower
+            if h == layout.host_of(rank):
+                mine["intra"], mine["tower"] = intra, tower
         for local in range(layout.ranks_per_host):
             g = dist.new_group(layout.peer_ranks(local))
-            if local == topo.local:
-                topo.peer_group = g
-        topo.input_world_group = dist.new_group(list(range(world)))
+            if local == layout.local_of(rank):
+                mine["peer"] = g
+        mine["input_world"] = dist.new_group(list(range(world)))
         for h in range(layout.hosts):
             g = dist.new_group(layout.host_ranks(h))
-            if h == topo.host:
-                topo.input_intra_group = g
+            if h == layout.host_of(rank):
+                mine["input_intra"] = g
         for local in range(layout.ranks_per_host):
             g = dist.new_group(layout.peer_ranks(local))
-            if local == topo.local:
-                topo.input_peer_group = g
-        return topo
+            if local == layout.local_of(rank):
+                mine["input_peer"] = g
+        return Topology(layout, rank, {name: GroupRef(g) for name, g in mine.items()})
 
     @staticmethod
     def from_env(ranks_per_host: int | None = None) -> Topology:

@@ -10,6 +10,7 @@ from torch import nn
 
 from dmt import slowdown
 from dmt.config import TrainConfig
+from dmt.distributed.topology import GroupRef
 from dmt.errors import UserError
 
 
@@ -33,7 +34,8 @@ class RowWiseAdagrad(torch.optim.Optimizer):
         column_shards: Mapping[nn.Parameter, tuple[object, int]] | None = None,
     ) -> None:
         super().__init__(params, {"lr": lr, "eps": eps})
-        self.column_shards = {id(p): v for p, v in (column_shards or {}).items()}
+        # the groups held weakly, as the sharded model holds them (dmt/distributed/topology.py)
+        self.column_shards = {id(p): (GroupRef(g), width) for p, (g, width) in (column_shards or {}).items()}
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 - the torch.optim signature
@@ -56,7 +58,7 @@ class RowWiseAdagrad(torch.optim.Optimizer):
                     group, row_width = self.column_shards[id(p)]
                     square = values.pow(2).sum(1)
                     with slowdown.waiting():
-                        dist.all_reduce(square, group=group)
+                        dist.all_reduce(square, group=group())
                     acc.index_add_(0, rows, square / row_width)
                 else:
                     acc.index_add_(0, rows, values.pow(2).mean(1))
