@@ -265,11 +265,19 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             towers = Path(model["towers_file"])
             if not towers.is_absolute():  # paths inside a config file are relative to that file
                 model["towers_file"] = str(p.parent / towers)
+    per_tower = bool(isinstance(tree.get("model"), dict) and tree["model"].get("tower_compression_ratios"))
+    keys = set()
     for item in overrides or []:
         if "=" not in item:
             raise UserError(f"--set expects key=value, got '{item}'")
         key, text = item.split("=", 1)
+        keys.add(key.strip())
         _set_path(tree, key.strip(), _parse_value(text.strip()))
+    if per_tower and "model.compression_ratio" in keys and "model.tower_compression_ratios" not in keys:
+        raise UserError(
+            f"--set model.compression_ratio has no effect: {path} sets model.tower_compression_ratios, "
+            "which overrides it (add --set 'model.tower_compression_ratios=[]' for one ratio on every tower)"
+        )
     return config_from_dict(tree)
 
 

@@ -62,6 +62,18 @@ def test_bad_config_values_are_user_errors(overrides, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_single_ratio_is_refused_where_the_config_sets_ratios_per_tower(tmp_path):
+    path = tmp_path / "per_tower.toml"
+    text = (ROOT / "dmt/configs/synthetic_dmt_dlrm.toml").read_text()
+    path.write_text(text.replace("[model]", "[model]\ntower_compression_ratios = [2.0, 2.0, 4.0, 4.0]", 1))
+    assert load_config(path).model.tower_compression_ratios == [2.0, 2.0, 4.0, 4.0]
+    with pytest.raises(UserError) as err:
+        load_config(path, ["model.compression_ratio=8"])
+    assert "model.compression_ratio has no effect" in str(err.value) and "\n" not in str(err.value)
+    both = load_config(path, ["model.compression_ratio=8", "model.tower_compression_ratios=[]"]).model
+    assert (both.compression_ratio, both.tower_compression_ratios) == (8.0, [])
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "dmt", *args],

@@ -113,16 +113,49 @@ def set_in_toml(text: str, item: str, note: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def drop_from_toml(text: str, dotted: str) -> str:
+    """A config file's text without the `section.key` line (unchanged if it has none)."""
+    import re
+
+    section, key = dotted.split(".", 1)
+    lines = text.splitlines()
+    start = lines.index(f"[{section}]")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    kept = [line for i, line in enumerate(lines) if not (start < i < end and re.match(rf"{re.escape(key)}\s*=", line))]
+    return "\n".join(kept) + "\n"
+
+
+def as_committed(sets: list[str]) -> list[str]:
+    """The chosen --set items as a config file holds them: per-tower ratios that are all equal become
+    the one model.compression_ratio (so that --set model.compression_ratio still sweeps the file)."""
+    out = []
+    for item in sets:
+        key, value = item.split("=", 1)
+        ratios = json.loads(value) if key == "model.tower_compression_ratios" else None
+        if ratios and len(set(ratios)) == 1:
+            out += [f"model.compression_ratio={ratios[0]!r}", "model.tower_compression_ratios=[]"]
+        else:
+            out.append(item)
+    return out
+
+
 def apply_choices(dataset: str, choices: dict) -> list[str]:
-    """Write the selection's choices into the dataset's committed configs -> the files changed."""
+    """Write the selection's choices into the dataset's committed configs -> the files changed.
+    Per-tower ratios replace the file's single ratio, which they would override."""
     changed = []
     for family, c in choices.items():
         for config, sets in ((family, c["flat_sets"]), (f"dmt_{family}", c["dmt_sets"])):
             path = Path(f"dmt/configs/{dataset}_{config}.toml")
             text = path.read_text()
             note = f"chosen on {dataset} validation (benchmarks/accuracy, seeds {protocol.SELECTION_SEEDS[dataset]})"
-            for item in sets:
-                text = set_in_toml(text, item, note)
+            for item in as_committed(sets):
+                key = item.split("=", 1)[0]
+                if item == "model.tower_compression_ratios=[]":
+                    text = drop_from_toml(text, key)
+                else:
+                    text = set_in_toml(text, item, note)
+                    if key == "model.tower_compression_ratios":
+                        text = drop_from_toml(text, "model.compression_ratio")
             if text != path.read_text():
                 path.write_text(text)
                 changed.append(str(path))
@@ -136,7 +169,7 @@ def check_committed(dataset: str, choices: dict) -> None:
     for family, c in choices.items():
         for config, sets in ((family, c["flat_sets"]), (f"dmt_{family}", c["dmt_sets"])):
             path = f"dmt/configs/{dataset}_{config}.toml"
-            if to_dict(load_config(path)) != to_dict(load_config(path, list(sets))):
+            if to_dict(load_config(path)) != to_dict(load_config(path, as_committed(sets))):
                 raise SystemExit(f"{path} does not hold the chosen settings {sets}: commit them before --stage final")
 
 
