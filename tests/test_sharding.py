@@ -301,7 +301,7 @@ def test_dmt_plan_ranks_plans_that_fit_and_names_their_sharding(tmp_path, capsys
 
 # ---- sharded runs equal one device and the cost model ------------------------------------------
 
-VARIANTS = [  # config, overrides: every kind, both dataflows, both families, both Tower Modules
+VARIANTS = [  # config, overrides: every kind, both dataflows, both families, compress and residual Tower Modules
     (
         "dmt/configs/synthetic_dlrm.toml",
         (
@@ -317,6 +317,7 @@ VARIANTS = [  # config, overrides: every kind, both dataflows, both families, bo
         DCN,
         (
             "dist.mode=flat",
+            "model.tower_module=compress",
             MIXED_WIDTHS,
             'model.table_sharding={"*"="column", t00="row", t01="table_row", t02="row_column", t03="table"}',
         ),
