@@ -86,6 +86,12 @@ def stage_grid(datasets: list[str], commit: str) -> dict:
     return {"runs": run_all(jobs, commit), "refused": refused}
 
 
+def _section(lines: list[str], section: str) -> tuple[int, int]:
+    """-> (index of the `[section]` header, index of the next header or len(lines))."""
+    start = lines.index(f"[{section}]")
+    return start, next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+
+
 def set_in_toml(text: str, item: str, note: str) -> str:
     """A config file's text with one `section.key=value` item (--set syntax) written into it: the key's
     line replaced, or added at the end of its section; other lines and comments are kept."""
@@ -100,8 +106,7 @@ def set_in_toml(text: str, item: str, note: str) -> str:
         value = f'"{value}"'  # a bare string, as --set takes it
     line = f"{key} = {value}  # {note}"
     lines = text.splitlines()
-    start = lines.index(f"[{section}]")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    start, end = _section(lines, section)
     while end > start + 1 and not lines[end - 1].strip():
         end -= 1
     for i in range(start + 1, end):
@@ -119,8 +124,7 @@ def drop_from_toml(text: str, dotted: str) -> str:
 
     section, key = dotted.split(".", 1)
     lines = text.splitlines()
-    start = lines.index(f"[{section}]")
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("[")), len(lines))
+    start, end = _section(lines, section)
     kept = [line for i, line in enumerate(lines) if not (start < i < end and re.match(rf"{re.escape(key)}\s*=", line))]
     return "\n".join(kept) + "\n"
 
