@@ -148,13 +148,14 @@ def _row(job: Job, summary: dict, meta: dict, config: dict) -> dict:
     }
 
 
-def run_job(job: Job, commit: str, nproc: int = 0, ranks_per_host: int = 0) -> dict:
-    """Run (or read back) one job -> its row: metrics, wall time, command and commit."""
+def run_job(job: Job, commit: str, nproc: int = 0, ranks_per_host: int = 0, need_checkpoint: bool = False) -> dict:
+    """Run (or read back) one job -> its row: metrics, wall time, command and commit. need_checkpoint:
+    the run's directory must hold its model.pt, so a row known only from the journal is run again."""
     cmd = job.command(nproc, ranks_per_host)
     shown = " ".join(["python", *cmd[1:]])
     meta_path, summary_path = job.out / "job.json", job.out / "summary.json"
     known = REMEMBERED.get((shown, digest(job.resolved())))
-    if known is not None:
+    if known is not None and not (need_checkpoint and not (job.out / "model.pt").is_file()):
         return {**known, "variant": job.variant}
     if meta_path.is_file() and summary_path.is_file():
         meta, config = json.loads(meta_path.read_text()), run_config(job.out)

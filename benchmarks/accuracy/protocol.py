@@ -7,9 +7,13 @@ train.seed in SELECTION_SEEDS, the winner being the highest mean validation AUC:
     flat_steps, flat_rates   the flat model: train.steps at the default learning rates, then the
                              (embedding, dense) learning rates at the chosen steps
     module   DMT x Tower Module candidates (kind and options) at the budget, default training settings
-    budget   the winning module x MIXES: per-tower ratios that spend the budget of uniform CR 4,
-             proposed from the towers file's interaction matrix (dmt/partition/budget.py); the
-             uniform candidate (mix 1) reuses the module stage's runs, and the stage is skipped where
+    towers   the winning module x tower candidates at uniform CR 4: the TP towers of the data's
+             interactions (TOWERS) and the TP towers of each flat model's learned interactions
+             (`learned_towers`: flat DLRM and flat DCN at their chosen settings, selection seed,
+             train split); skipped on the synthetic data, whose towers are the generator's
+    budget   the winning module and towers x MIXES: per-tower ratios that spend the budget of uniform
+             CR 4, proposed from the towers file's interaction matrix (dmt/partition/budget.py); the
+             uniform candidate (mix 1) reuses the towers stage's runs, and the stage is skipped where
              every mix gives the same widths (the granule or the towers leave no choice)
     dmt_steps, dmt_rates     the winning module and ratios, as for flat
 
@@ -20,7 +24,7 @@ Module sends whole d-wide embeddings, so DLRM spends the largest whole number of
 within it (fewer floats where the towers do not divide; the ratio is then above 4).
 
 Final: the committed configs (which must hold the chosen settings, `check_committed`), train.seed
-in FINAL_SEEDS, data.eval_split = "test", run once. For each family, the paired difference
+in FINAL_SEEDS[dataset], data.eval_split = "test", run once. For each family, the paired difference
 DMT - flat over the seeds, its mean and a 95% t interval.
 """
 
@@ -28,18 +32,30 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.accuracy.jobs import Job, run_all
+from benchmarks.accuracy.jobs import RUNS, Job, run_all, run_job
 
 SELECTION_SEEDS = {"nycflights13": [0, 1, 2], "movielens100k": [0, 1, 2], "synthetic": [0, 1]}
-FINAL_SEEDS = [100, 101, 102, 103, 104]  # never used by any choice (nor by earlier grids)
+# never used by any choice (nor by earlier grids). MovieLens-100k's first final used 100-104 before the
+# towers stage existed; its final after that stage uses 200-204 (results.md keeps both)
+FINAL_SEEDS = {
+    "nycflights13": [100, 101, 102, 103, 104],
+    "movielens100k": [200, 201, 202, 203, 204],
+    "synthetic": [100, 101, 102, 103, 104],
+}
 BUDGET_RATIO = 4.0
 FAMILIES = ("dlrm", "dcn")
 TOWERS = {"nycflights13": "nycflights13_tp", "movielens100k": "movielens100k_tp", "synthetic": "synthetic_planted"}
+TOWERS_DIR = Path("dmt/configs/towers")
+TOWER_SOURCES = ("dlrm", "dcn")  # flat models whose learned interactions make the other tower candidates
+LEARNED_TOWERS = ("nycflights13", "movielens100k")  # the synthetic data keeps the generator's planted towers
 
 # training settings (train.steps, train.embedding_lr, train.dense_lr): steps at the default rates,
 # then (embedding, dense) learning rates at the chosen steps
@@ -147,15 +163,44 @@ def train_name(setting: tuple[int, float, float]) -> str:
     return f"steps{setting[0]}_emb{setting[1]:g}_dense{setting[2]:g}"
 
 
-def towers_file(dataset: str) -> dict:
-    return json.loads((Path("dmt/configs/towers") / f"{TOWERS[dataset]}.json").read_text())
+def towers_file(dataset: str, name: str | None = None) -> dict:
+    """The towers file `name` (default: the dataset's data-interaction towers, TOWERS)."""
+    return json.loads((TOWERS_DIR / f"{name or TOWERS[dataset]}.json").read_text())
 
 
-def budget_ratios(dataset: str, family: str, mix: float, dim: int = 16) -> dict:
-    """The per-tower ratios that spend uniform CR 4's bytes (dmt/partition/budget.py)."""
+def towers_sets(dataset: str, name: str) -> list[str]:
+    """--set items that train on towers file `name` (none for the configs' own TOWERS[dataset])."""
+    return [] if name == TOWERS[dataset] else [f"model.towers_file=towers/{name}.json"]
+
+
+def learned_towers(dataset: str, source: str, flat_sets: list[str], commit: str) -> str:
+    """The name of the TP towers file made from flat `source`'s learned interactions (`dmt partition
+    --checkpoint`): the flat model at its chosen settings `flat_sets`, the first selection seed, trained
+    on the train split; the same number of towers, cost, tolerance and seed as the data's towers file.
+    A committed file is kept; otherwise it is made (and then committed with the selection)."""
+    name = f"{TOWERS[dataset]}_{source}"
+    path = TOWERS_DIR / f"{name}.json"
+    if path.is_file():
+        return name
+    data = towers_file(dataset)
+    probe = Job(dataset, source, "towers_probe", SELECTION_SEEDS[dataset][0], "validation", tuple(flat_sets))
+    run_job(probe, commit, need_checkpoint=True)
+    out = RUNS / "towers" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "dmt", "partition", "--config", f"dmt/configs/{dataset}_{source}.toml"]
+    cmd += ["--checkpoint", str(probe.out), "--towers", str(len(data["towers"])), "--method", "tp"]
+    cmd += ["--cost", data["cost"], "--tolerance", f"{data['tolerance']:g}", "--seed", str(data["seed"])]
+    subprocess.run([*cmd, "--out", str(out)], check=True, stdout=subprocess.DEVNULL)
+    shutil.copyfile(out, path)
+    return name
+
+
+def budget_ratios(dataset: str, family: str, mix: float, dim: int = 16, towers: str | None = None) -> dict:
+    """The per-tower ratios that spend uniform CR 4's bytes on towers file `towers` (default: TOWERS)
+    (dmt/partition/budget.py)."""
     from dmt.partition.budget import propose_ratios
 
-    t = towers_file(dataset)
+    t = towers_file(dataset, towers)
     if t.get("interaction") is None:  # planted towers: no matrix, spend by size
         names = [f for tower in t["towers"] for f in tower]
         similarity, mix = np.zeros((len(names), len(names))), 1.0
@@ -217,8 +262,8 @@ def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
         todo = {k: [*base, *train_sets(t)] for k, t in second.items() if k != done}
         return [*base, *train_sets(second[stage(f"{kind}_rates", config, group, todo, reuse)])]
 
+    flat = {family: tune("flat", family, "flat", [], []) for family in FAMILIES}
     for family in FAMILIES:
-        flat_sets = tune("flat", family, "flat", [], [])
         default = train_sets(DEFAULT_TRAIN[dataset])
         uniform = budget_ratios(dataset, family, 1.0)
         modules = {m: MODULES[family][m] for m in screened(dataset, family, commit)}
@@ -226,22 +271,47 @@ def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
         module = stage(
             "module", dmt, "module", {m: [*sets, *default, *ratio_sets(uniform)] for m, sets in modules.items()}
         )
-        module_rows = [r for r in rows if r["variant"] == f"module/{module}" and r["config"] == dmt]
-        proposals = {f"mix{m:g}": budget_ratios(dataset, family, m) for m in MIXES}
+        chosen = MODULES[family][module]
+        measured = [r for r in rows if r["variant"] == f"module/{module}" and r["config"] == dmt]
+        towers = TOWERS[dataset]
+        if dataset in LEARNED_TOWERS:  # the data's towers are the module stage's winner itself
+            candidates: dict[str, str] = {"tp_data": towers}
+            for source in TOWER_SOURCES:
+                name = learned_towers(dataset, source, flat[source], commit)
+                seen = [sorted(map(sorted, towers_file(dataset, n)["towers"])) for n in candidates.values()]
+                if sorted(map(sorted, towers_file(dataset, name)["towers"])) not in seen:
+                    candidates[f"tp_{source}"] = name
+            others = {
+                c: [
+                    *chosen,
+                    *default,
+                    *towers_sets(dataset, n),
+                    *ratio_sets(budget_ratios(dataset, family, 1.0, towers=n)),
+                ]
+                for c, n in candidates.items()
+                if c != "tp_data"
+            }
+            if others:
+                won = stage("towers", dmt, "towers", others, {"tp_data": measured})
+                towers = candidates[won]
+                measured = [r for r in rows if r["variant"] == f"towers/{won}" and r["config"] == dmt]
+        proposals = {f"mix{m:g}": budget_ratios(dataset, family, m, towers=towers) for m in MIXES}
         distinct: dict[str, dict] = {}
         for name, p in proposals.items():  # mixes that give the same widths are one candidate
             if all(p["tower_widths"] != q["tower_widths"] for q in distinct.values()):
                 distinct[name] = p
-        chosen = MODULES[family][module]
-        mix, measured = "mix1", module_rows  # mix 1 (uniform) is the module stage's winner itself
-        others = {n: [*chosen, *default, *ratio_sets(p)] for n, p in distinct.items() if n != "mix1"}
+        place = [*chosen, *default, *towers_sets(dataset, towers)]
+        mix = "mix1"  # mix 1 (uniform) is the towers stage's winner itself
+        others = {n: [*place, *ratio_sets(p)] for n, p in distinct.items() if n != "mix1"}
         if others:
-            mix = stage("budget", dmt, "budget", others, {"mix1": module_rows})
+            mix = stage("budget", dmt, "budget", others, {"mix1": measured})
             measured = [r for r in rows if r["variant"] == f"budget/{mix}" and r["config"] == dmt]
-        dmt_sets = tune("dmt", dmt, "train", [*chosen, *ratio_sets(distinct[mix])], measured)
+        base = [*chosen, *towers_sets(dataset, towers), *ratio_sets(distinct[mix])]
+        dmt_sets = tune("dmt", dmt, "train", base, measured)
         choices[family] = {
-            "flat_sets": flat_sets,
+            "flat_sets": flat[family],
             "module": module,
+            "towers": towers,
             "budget": {"mix": mix, **distinct[mix]},
             "dmt_sets": dmt_sets,
         }
@@ -250,7 +320,8 @@ def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
 
 def final(dataset: str, commit: str) -> list[dict]:
     """The committed configs on the test split with the fresh seeds (run once at the end)."""
-    jobs = [Job(dataset, c, "final", s, "test") for c in ("dlrm", "dmt_dlrm", "dcn", "dmt_dcn") for s in FINAL_SEEDS]
+    seeds = FINAL_SEEDS[dataset]
+    jobs = [Job(dataset, c, "final", s, "test") for c in ("dlrm", "dmt_dlrm", "dcn", "dmt_dcn") for s in seeds]
     return run_all(jobs, commit)
 
 

@@ -30,14 +30,22 @@ def _floats(rows: list[dict]) -> str:
     return "-" if w is None else f"{sum(w)} ({'+'.join(map(str, w))})"
 
 
+def _seeds(seeds: list[int] | dict[str, list[int]]) -> str:
+    """Final seeds, one list for every dataset or one per dataset."""
+    if isinstance(seeds, list):
+        return str(seeds)
+    return "; ".join(f"{ds}: {s}" for ds, s in sorted(seeds.items(), key=lambda kv: ORDER.get(kv[0], 9)))
+
+
 def final_lines(final: dict) -> list[str]:
     lines = [
         "## Final: test split, fresh seeds, committed configs, run once",
         "",
         *provenance_lines(final, MACHINE),
         "",
-        f"train.seed in {final['seeds']} (no choice used them); data.seed 1234 (one split). Δ: DMT minus flat of "
-        "the same family and seed; the 95% interval is Student's t over the paired seeds. Bound: the issue's "
+        f"train.seed in {_seeds(final['seeds'])} (no choice used them); data.seed 1234 (one split). "
+        "Δ: DMT minus flat of the same family and seed; the 95% interval is Student's t over the paired seeds. "
+        "Bound: the issue's "
         "acceptance (mean Δ at least minus it). Cross-host floats: what the Tower Modules send per sample "
         "(flat sends every pooled embedding: 16 per feature).",
         "",
