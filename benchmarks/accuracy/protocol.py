@@ -7,15 +7,20 @@ train.seed in SELECTION_SEEDS, the winner being the highest mean validation AUC:
     flat_steps, flat_rates   the flat model: train.steps at the default learning rates, then the
                              (embedding, dense) learning rates at the chosen steps
     module   DMT x Tower Module candidates (kind and options) at the budget, default training settings
-    towers   the winning module x tower candidates at uniform CR 4: the TP towers of the data's
-             interactions (TOWERS) and the TP towers of each flat model's learned interactions
-             (`learned_towers`: flat DLRM and flat DCN at their chosen settings, selection seed,
-             train split); skipped on the synthetic data, whose towers are the generator's
-    budget   the winning module and towers x MIXES: per-tower ratios that spend the budget of uniform
-             CR 4, proposed from the towers file's interaction matrix (dmt/partition/budget.py); the
-             uniform candidate (mix 1) reuses the towers stage's runs, and the stage is skipped where
+    budget   the winning module x MIXES: per-tower ratios that spend the budget of uniform CR 4,
+             proposed from the towers file's interaction matrix (dmt/partition/budget.py); the
+             uniform candidate (mix 1) reuses the module stage's runs, and the stage is skipped where
              every mix gives the same widths (the granule or the towers leave no choice)
     dmt_steps, dmt_rates     the winning module and ratios, as for flat
+
+Then the towers stage (`select_towers`, added after the first final; real data only, the synthetic
+data keeps the generator's planted towers), from those choices:
+
+    towers   the chosen module at its chosen training settings and uniform CR 4 on the data's TP
+             towers (TOWERS) and on the TP towers of flat DLRM's and flat DCN's learned interactions
+             (`learned_towers`: each flat model at its chosen settings, first selection seed)
+    towers_budget, towers_dmt_steps, towers_dmt_rates    where learned towers win: the budget and
+             training stages again on them (steps at the chosen rates, then the rates)
 
 A candidate that an earlier stage already ran (the same config) is reused, not run again.
 
@@ -227,95 +232,137 @@ def best(rows: list[dict]) -> tuple[str, float]:
     return ranked(rows)[0]
 
 
-def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
-    """Run (or read back) every selection stage of one dataset -> (rows, choices per family)."""
-    seeds = SELECTION_SEEDS[dataset]
-    rows: list[dict] = []
-    choices: dict[str, dict] = {}
+class Search:
+    """The selection runs of one dataset: `stage` runs candidates on the selection seeds, `tune`
+    searches training settings; `rows` gathers every run, labelled with its stage."""
 
-    def stage(label: str, config: str, group: str, variants: dict[str, list[str]], reuse: dict | None = None) -> str:
+    def __init__(self, dataset: str, commit: str) -> None:
+        self.dataset, self.commit, self.rows = dataset, commit, []
+
+    def of(self, variant: str, config: str) -> list[dict]:
+        return [r for r in self.rows if r["variant"] == variant and r["config"] == config]
+
+    def stage(
+        self, label: str, config: str, group: str, variants: dict[str, list[str]], reuse: dict | None = None
+    ) -> str:
         """Run each candidate {name: sets} as group/name on every seed; `reuse` {name: rows}: candidates
         an earlier stage measured already. -> the winner's name."""
         jobs = [
-            Job(dataset, config, f"{group}/{v}", s, "validation", tuple(sets))
+            Job(self.dataset, config, f"{group}/{v}", s, "validation", tuple(sets))
             for v, sets in variants.items()
-            for s in seeds
+            for s in SELECTION_SEEDS[self.dataset]
         ]
-        got = run_all(jobs, commit)
+        got = run_all(jobs, self.commit)
         got += [{**r, "variant": f"{group}/{name}"} for name, rs in (reuse or {}).items() for r in rs]
         for r in got:
             r["stage"] = label
-        rows.extend(got)
+        self.rows.extend(got)
         return best(got)[0].split("/", 1)[1]
 
-    def tune(kind: str, config: str, group: str, base: list[str], measured: list[dict]) -> list[str]:
-        """Coordinate search over training settings -> base + the chosen settings' --set items.
-        measured: runs of base at the default settings (reused), if any."""
-        steps0, emb0, dense0 = DEFAULT_TRAIN[dataset]
-        first = {train_name((n, emb0, dense0)): (n, emb0, dense0) for n in STEPS[dataset]}
-        reuse = {train_name(DEFAULT_TRAIN[dataset]): measured} if measured else {}
+    def tune(
+        self, kind: str, config: str, group: str, base: list[str], measured: list[dict], start: tuple | None = None
+    ) -> list[str]:
+        """Coordinate search over training settings from `start` (steps, embedding lr, dense lr; default
+        DEFAULT_TRAIN): steps at start's rates, then the rates at the chosen steps -> base + the chosen
+        settings' --set items. measured: runs of base at `start` (reused), if any."""
+        steps0, emb0, dense0 = start or DEFAULT_TRAIN[self.dataset]
+        first = {train_name((n, emb0, dense0)): (n, emb0, dense0) for n in STEPS[self.dataset]}
+        reuse = {train_name((steps0, emb0, dense0)): measured} if measured else {}
         todo = {k: [*base, *train_sets(t)] for k, t in first.items() if k not in reuse}
-        steps = first[stage(f"{kind}_steps", config, group, todo, reuse)][0]
-        second = {train_name((steps, e, d)): (steps, e, d) for e, d in RATES[dataset]}
+        steps = first[self.stage(f"{kind}_steps", config, group, todo, reuse)][0]
+        second = {train_name((steps, e, d)): (steps, e, d) for e, d in RATES[self.dataset]}
         done = train_name((steps, emb0, dense0))
-        reuse = {done: [r for r in rows if r["variant"] == f"{group}/{done}" and r["config"] == config]}
+        if (emb0, dense0) not in RATES[self.dataset]:
+            second[done] = (steps, emb0, dense0)
+        reuse = {done: self.of(f"{group}/{done}", config)}
         todo = {k: [*base, *train_sets(t)] for k, t in second.items() if k != done}
-        return [*base, *train_sets(second[stage(f"{kind}_rates", config, group, todo, reuse)])]
+        return [*base, *train_sets(second[self.stage(f"{kind}_rates", config, group, todo, reuse)])]
 
-    flat = {family: tune("flat", family, "flat", [], []) for family in FAMILIES}
+
+def distinct_budgets(dataset: str, family: str, towers: str | None = None) -> dict[str, dict]:
+    """{mix name: proposal} of MIXES on towers file `towers`; mixes that give the same widths are one."""
+    distinct: dict[str, dict] = {}
+    for m in MIXES:
+        p = budget_ratios(dataset, family, m, towers=towers)
+        if all(p["tower_widths"] != q["tower_widths"] for q in distinct.values()):
+            distinct[f"mix{m:g}"] = p
+    return distinct
+
+
+def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
+    """Run (or read back) every selection stage of one dataset -> (rows, choices per family)."""
+    search = Search(dataset, commit)
+    choices: dict[str, dict] = {}
     for family in FAMILIES:
+        flat_sets = search.tune("flat", family, "flat", [], [])
         default = train_sets(DEFAULT_TRAIN[dataset])
         uniform = budget_ratios(dataset, family, 1.0)
         modules = {m: MODULES[family][m] for m in screened(dataset, family, commit)}
         dmt = f"dmt_{family}"
-        module = stage(
+        module = search.stage(
             "module", dmt, "module", {m: [*sets, *default, *ratio_sets(uniform)] for m, sets in modules.items()}
         )
         chosen = MODULES[family][module]
-        measured = [r for r in rows if r["variant"] == f"module/{module}" and r["config"] == dmt]
-        towers = TOWERS[dataset]
-        if dataset in LEARNED_TOWERS:  # the data's towers are the module stage's winner itself
-            candidates: dict[str, str] = {"tp_data": towers}
-            for source in TOWER_SOURCES:
-                name = learned_towers(dataset, source, flat[source], commit)
-                seen = [sorted(map(sorted, towers_file(dataset, n)["towers"])) for n in candidates.values()]
-                if sorted(map(sorted, towers_file(dataset, name)["towers"])) not in seen:
-                    candidates[f"tp_{source}"] = name
-            others = {
-                c: [
-                    *chosen,
-                    *default,
-                    *towers_sets(dataset, n),
-                    *ratio_sets(budget_ratios(dataset, family, 1.0, towers=n)),
-                ]
-                for c, n in candidates.items()
-                if c != "tp_data"
-            }
-            if others:
-                won = stage("towers", dmt, "towers", others, {"tp_data": measured})
-                towers = candidates[won]
-                measured = [r for r in rows if r["variant"] == f"towers/{won}" and r["config"] == dmt]
-        proposals = {f"mix{m:g}": budget_ratios(dataset, family, m, towers=towers) for m in MIXES}
-        distinct: dict[str, dict] = {}
-        for name, p in proposals.items():  # mixes that give the same widths are one candidate
-            if all(p["tower_widths"] != q["tower_widths"] for q in distinct.values()):
-                distinct[name] = p
-        place = [*chosen, *default, *towers_sets(dataset, towers)]
-        mix = "mix1"  # mix 1 (uniform) is the towers stage's winner itself
-        others = {n: [*place, *ratio_sets(p)] for n, p in distinct.items() if n != "mix1"}
+        distinct = distinct_budgets(dataset, family)
+        mix, measured = "mix1", search.of(f"module/{module}", dmt)  # mix 1 (uniform): the module stage's winner
+        others = {n: [*chosen, *default, *ratio_sets(p)] for n, p in distinct.items() if n != "mix1"}
         if others:
-            mix = stage("budget", dmt, "budget", others, {"mix1": measured})
-            measured = [r for r in rows if r["variant"] == f"budget/{mix}" and r["config"] == dmt]
-        base = [*chosen, *towers_sets(dataset, towers), *ratio_sets(distinct[mix])]
-        dmt_sets = tune("dmt", dmt, "train", base, measured)
+            mix = search.stage("budget", dmt, "budget", others, {"mix1": measured})
+            measured = search.of(f"budget/{mix}", dmt)
+        dmt_sets = search.tune("dmt", dmt, "train", [*chosen, *ratio_sets(distinct[mix])], measured)
         choices[family] = {
-            "flat_sets": flat[family],
+            "flat_sets": flat_sets,
             "module": module,
-            "towers": towers,
+            "towers": TOWERS[dataset],
             "budget": {"mix": mix, **distinct[mix]},
             "dmt_sets": dmt_sets,
         }
-    return rows, choices
+    return search.rows, choices
+
+
+def chosen_training(sets: list[str]) -> tuple[int, float, float]:
+    """(steps, embedding lr, dense lr) of a choice's --set items."""
+    got = dict(item.split("=", 1) for item in sets)
+    return int(got["train.steps"]), float(got["train.embedding_lr"]), float(got["train.dense_lr"])
+
+
+def select_towers(dataset: str, commit: str, choices: dict) -> tuple[list[dict], dict]:
+    """The towers stage, which came after the first final (so it starts from `select`'s choices):
+    per family, the chosen Tower Module at its chosen training settings and uniform CR 4 on the data's
+    TP towers (TOWERS) and on the TP towers of flat DLRM's and flat DCN's learned interactions
+    (`learned_towers`). If learned towers win, the budget and training stages run again on them
+    (stages towers_budget, towers_dmt_steps, towers_dmt_rates); if the data's towers win, the
+    choices stand. -> (rows, choices)"""
+    search = Search(dataset, commit)
+    candidates = {"tp_data": TOWERS[dataset]}
+    for source in TOWER_SOURCES:
+        name = learned_towers(dataset, source, choices[source]["flat_sets"], commit)
+        seen = [sorted(map(sorted, towers_file(dataset, n)["towers"])) for n in candidates.values()]
+        if sorted(map(sorted, towers_file(dataset, name)["towers"])) not in seen:
+            candidates[f"tp_{source}"] = name
+    out = {}
+    for family in FAMILIES:
+        c, dmt = choices[family], f"dmt_{family}"
+        module, start = MODULES[family][c["module"]], chosen_training(c["dmt_sets"])
+        variants = {
+            k: [*module, *towers_sets(dataset, n), *ratio_sets(budget_ratios(dataset, family, 1.0, towers=n))]
+            for k, n in candidates.items()
+        }
+        won = search.stage("towers", dmt, "towers", {k: [*v, *train_sets(start)] for k, v in variants.items()})
+        towers = candidates[won]
+        if towers == TOWERS[dataset]:
+            out[family] = {**c, "towers": towers}
+            continue
+        place = [*module, *towers_sets(dataset, towers)]
+        distinct = distinct_budgets(dataset, family, towers)
+        mix, measured = "mix1", search.of(f"towers/{won}", dmt)
+        others = {n: [*place, *ratio_sets(p), *train_sets(start)] for n, p in distinct.items() if n != "mix1"}
+        if others:
+            mix = search.stage("towers_budget", dmt, "towers_budget", others, {"mix1": measured})
+            measured = search.of(f"towers_budget/{mix}", dmt)
+        dmt_sets = search.tune("towers_dmt", dmt, "towers_train", [*place, *ratio_sets(distinct[mix])], measured, start)
+        out[family] = {**c, "towers": towers, "budget": {"mix": mix, **distinct[mix]}, "dmt_sets": dmt_sets}
+    return search.rows, out
 
 
 def final(dataset: str, commit: str) -> list[dict]:

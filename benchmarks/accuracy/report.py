@@ -79,6 +79,11 @@ def selection_lines(selection: dict) -> list[str]:
         "",
         *provenance_lines(selection, MACHINE),
         "",
+        *(
+            ["Towers stages (after the first final):", "", *provenance_lines(selection["towers_stage"], MACHINE), ""]
+            if "towers_stage" in selection
+            else []
+        ),
         "Every candidate of every stage (benchmarks/accuracy/protocol.py), mean ± std of validation AUC over the "
         "selection seeds; **bold**: the stage's choice (highest mean). Cross-host floats per sample of the DMT "
         "candidates in the last column.",

@@ -1,6 +1,7 @@
 """Accuracy of flat and DMT models on real and synthetic data, by the protocol of protocol.py.
 
     .venv/bin/python -m benchmarks.accuracy.run --stage select                 # every choice, on validation
+    .venv/bin/python -m benchmarks.accuracy.run --stage towers                 # then the towers stage, on validation
     .venv/bin/python -m benchmarks.accuracy.run --stage apply                  # write the choices into the configs
     .venv/bin/python -m benchmarks.accuracy.run --stage final                  # fresh seeds, test, run once
     .venv/bin/python -m benchmarks.accuracy.run --stage grid                   # CR 1..16 sweep, test, seeds 0-2
@@ -196,7 +197,7 @@ def _keep(old: list[dict], new: list[dict], datasets: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["select", "apply", "final", "grid", "sptt"])
+    ap.add_argument("--stage", choices=["select", "towers", "apply", "final", "grid", "sptt"])
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args()
@@ -218,6 +219,14 @@ def main() -> None:
                 runs += rows
                 choices[ds] = chosen
             result["selection"] = {**here, "runs": _keep(old.get("runs", []), runs, datasets), "choices": choices}
+        elif args.stage == "towers":
+            datasets = args.datasets or list(protocol.LEARNED_TOWERS)
+            sel = result["selection"]
+            kept = [r for r in sel["runs"] if not (r["dataset"] in datasets and r["stage"].startswith("towers"))]
+            for ds in datasets:
+                rows, sel["choices"][ds] = protocol.select_towers(ds, commit, sel["choices"][ds])
+                kept += rows
+            result["selection"] = {**sel, "runs": kept, "towers_stage": here}
         elif args.stage == "apply":
             choices = result["selection"]["choices"]
             for ds in args.datasets or list(choices):
@@ -232,7 +241,8 @@ def main() -> None:
                 check_committed(ds, choices[ds])
             old = result.get("final", {})
             runs = _keep(old.get("runs", []), [r for ds in datasets for r in protocol.final(ds, commit)], datasets)
-            result["final"] = {**here, "seeds": protocol.FINAL_SEEDS, "runs": runs, "pairs": protocol.paired(runs)}
+            seeds = {ds: protocol.FINAL_SEEDS[ds] for ds in sorted({r["dataset"] for r in runs})}
+            result["final"] = {**here, "seeds": seeds, "runs": runs, "pairs": protocol.paired(runs)}
         elif args.stage == "grid":
             datasets = args.datasets or REAL
             old = result.get("grid", {})
