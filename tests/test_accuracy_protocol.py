@@ -80,3 +80,28 @@ def test_set_in_toml_replaces_a_key_or_adds_it_to_its_section():
     assert "steps = 700  # chosen" in out and "steps = 1000" not in out
     out = set_in_toml(out, "model.tower_module=residual", "chosen")
     assert out.splitlines()[:3] == ["[model]", 'arch = "dcn"  # the head', 'tower_module = "residual"  # chosen']
+
+
+def test_a_job_that_needs_its_checkpoint_is_run_again_when_only_the_journal_has_it(tmp_path, monkeypatch):
+    """learned_towers partitions from the probe's model.pt, so a journaled row without it is not enough."""
+    monkeypatch.setattr(jobs, "JOURNAL", tmp_path / "journal.jsonl")
+    monkeypatch.setattr(jobs, "REMEMBERED", {})
+    monkeypatch.setattr(jobs, "RUNS", tmp_path / "runs")
+    job = jobs.Job(
+        "synthetic", "dlrm", "towers_probe", 0, "validation", ("train.steps=2", "data.synthetic.eval_samples=512")
+    )
+    shown = " ".join(["python", *job.command()[1:]])
+    jobs.remember([{"command": shown, "config_digest": jobs.digest(job.resolved()), "auc": 0.5, "variant": "x"}])
+    assert jobs.run_job(job, "abc")["auc"] == 0.5  # read back: no run directory needed
+    row = jobs.run_job(job, "abc", need_checkpoint=True)
+    assert row["steps"] == 2 and (job.out / "model.pt").is_file()
+
+
+def test_towers_candidates_name_their_file_and_spend_the_same_budget():
+    assert protocol.towers_sets("movielens100k", protocol.TOWERS["movielens100k"]) == []
+    assert protocol.towers_sets("movielens100k", "movielens100k_tp_dcn") == [
+        "model.towers_file=dmt/configs/towers/movielens100k_tp_dcn.json"
+    ]
+    for name in ("movielens100k_tp", "movielens100k_tp_dcn"):
+        p = protocol.budget_ratios("movielens100k", "dcn", 1.0, towers=name)
+        assert sum(p["tower_widths"]) == 10 * 16 // 4  # uniform CR 4 of 10 features x 16

@@ -174,8 +174,9 @@ def towers_file(dataset: str, name: str | None = None) -> dict:
 
 
 def towers_sets(dataset: str, name: str) -> list[str]:
-    """--set items that train on towers file `name` (none for the configs' own TOWERS[dataset])."""
-    return [] if name == TOWERS[dataset] else [f"model.towers_file=towers/{name}.json"]
+    """--set items that train on towers file `name` (none for the configs' own TOWERS[dataset]); a
+    --set path is relative to the working directory (a config file's own paths are relative to it)."""
+    return [] if name == TOWERS[dataset] else [f"model.towers_file={TOWERS_DIR / name}.json"]
 
 
 def learned_towers(dataset: str, source: str, flat_sets: list[str], commit: str) -> str:

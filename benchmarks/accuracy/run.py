@@ -157,6 +157,8 @@ def apply_choices(dataset: str, choices: dict) -> list[str]:
                 key = item.split("=", 1)[0]
                 if item == "model.tower_compression_ratios=[]":
                     text = drop_from_toml(text, key)
+                elif key == "model.towers_file":  # the file's own paths are relative to it
+                    text = set_in_toml(text, f"{key}={Path(item.split('=', 1)[1]).relative_to(path.parent)}", note)
                 else:
                     text = set_in_toml(text, item, note)
                     if key == "model.tower_compression_ratios":
