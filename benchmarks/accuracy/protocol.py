@@ -13,14 +13,11 @@ train.seed in SELECTION_SEEDS, the winner being the highest mean validation AUC:
              every mix gives the same widths (the granule or the towers leave no choice)
     dmt_steps, dmt_rates     the winning module and ratios, as for flat
 
-Then the towers stage (`select_towers`, added after the first final; real data only, the synthetic
-data keeps the generator's planted towers), from those choices:
-
-    towers   the chosen module at its chosen training settings and uniform CR 4 on the data's TP
-             towers (TOWERS) and on the TP towers of flat DLRM's and flat DCN's learned interactions
-             (`learned_towers`: each flat model at its chosen settings, first selection seed)
-    towers_budget, towers_dmt_steps, towers_dmt_rates    where learned towers win: the budget and
-             training stages again on them (steps at the chosen rates, then the rates)
+Then a second round (`select_round2`, added after the first final; real data only), from those
+choices: flat's training settings again on wider grids (ROUND2_GRIDS); the towers stage, the chosen
+module at its chosen settings and uniform CR 4 on the data's TP towers and on TP towers of flat
+DLRM's and flat DCN's learned interactions (`learned_towers`), with the budget stage again where
+learned towers win; DMT's training settings again on the wider grids.
 
 A candidate that an earlier stage already ran (the same config) is reused, not run again.
 
@@ -75,6 +72,14 @@ RATES = {
     "nycflights13": REAL_RATES,
     "movielens100k": REAL_RATES,
     "synthetic": ((0.1, 0.002), (0.05, 0.001), (0.2, 0.004)),
+}
+
+# the second round's training grids (select_round2): one step count above the top where a first-round
+# choice sat there (MovieLens-100k: flat DCN and both DMT models took 900), one rate pair above the top
+# where one did (nycflights13: flat DCN took 0.12 / 0.006)
+ROUND2_GRIDS = {
+    "nycflights13": (STEPS["nycflights13"], (*REAL_RATES, (0.16, 0.008))),
+    "movielens100k": ((*STEPS["movielens100k"], 1200), REAL_RATES),
 }
 
 RESIDUAL = ["model.tower_module=residual"]
@@ -261,20 +266,27 @@ class Search:
         return best(got)[0].split("/", 1)[1]
 
     def tune(
-        self, kind: str, config: str, group: str, base: list[str], measured: list[dict], start: tuple | None = None
+        self,
+        kind: str,
+        config: str,
+        group: str,
+        base: list[str],
+        measured: list[dict],
+        start: tuple | None = None,
+        grids: tuple[tuple, tuple] | None = None,
     ) -> list[str]:
         """Coordinate search over training settings from `start` (steps, embedding lr, dense lr; default
         DEFAULT_TRAIN): steps at start's rates, then the rates at the chosen steps -> base + the chosen
-        settings' --set items. measured: runs of base at `start` (reused), if any."""
+        settings' --set items. measured: runs of base at `start` (reused), if any; grids: (steps,
+        rates), default STEPS and RATES of the dataset."""
         steps0, emb0, dense0 = start or DEFAULT_TRAIN[self.dataset]
-        first = {train_name((n, emb0, dense0)): (n, emb0, dense0) for n in STEPS[self.dataset]}
+        step_grid, rate_grid = grids or (STEPS[self.dataset], RATES[self.dataset])
+        first = {train_name((n, emb0, dense0)): (n, emb0, dense0) for n in sorted({*step_grid, steps0})}
         reuse = {train_name((steps0, emb0, dense0)): measured} if measured else {}
         todo = {k: [*base, *train_sets(t)] for k, t in first.items() if k not in reuse}
         steps = first[self.stage(f"{kind}_steps", config, group, todo, reuse)][0]
-        second = {train_name((steps, e, d)): (steps, e, d) for e, d in RATES[self.dataset]}
+        second = {train_name((steps, e, d)): (steps, e, d) for e, d in [*rate_grid, (emb0, dense0)]}
         done = train_name((steps, emb0, dense0))
-        if (emb0, dense0) not in RATES[self.dataset]:
-            second[done] = (steps, emb0, dense0)
         reuse = {done: self.of(f"{group}/{done}", config)}
         todo = {k: [*base, *train_sets(t)] for k, t in second.items() if k != done}
         return [*base, *train_sets(second[self.stage(f"{kind}_rates", config, group, todo, reuse)])]
@@ -327,14 +339,17 @@ def chosen_training(sets: list[str]) -> tuple[int, float, float]:
     return int(got["train.steps"]), float(got["train.embedding_lr"]), float(got["train.dense_lr"])
 
 
-def select_towers(dataset: str, commit: str, choices: dict) -> tuple[list[dict], dict]:
-    """The towers stage, which came after the first final (so it starts from `select`'s choices):
-    per family, the chosen Tower Module at its chosen training settings and uniform CR 4 on the data's
-    TP towers (TOWERS) and on the TP towers of flat DLRM's and flat DCN's learned interactions
-    (`learned_towers`). If learned towers win, the budget and training stages run again on them
-    (stages towers_budget, towers_dmt_steps, towers_dmt_rates); if the data's towers win, the
-    choices stand. -> (rows, choices)"""
+def select_round2(dataset: str, commit: str, choices: dict) -> tuple[list[dict], dict]:
+    """The second round (after the first final), from `select`'s choices -> (rows, choices):
+
+    1. flat: training settings again from its choice, on the ROUND2 grids;
+    2. towers: the chosen Tower Module at its chosen training settings and uniform CR 4 on the data's
+       TP towers (TOWERS) and on the TP towers of flat DLRM's and flat DCN's learned interactions
+       (`learned_towers`); where learned towers win, the budget stage again on them;
+    3. DMT: training settings again from its choice, on the ROUND2 grids.
+    A candidate the first round ran has the same command and is read back."""
     search = Search(dataset, commit)
+    grids = ROUND2_GRIDS[dataset]
     candidates = {"tp_data": TOWERS[dataset]}
     for source in TOWER_SOURCES:
         name = learned_towers(dataset, source, choices[source]["flat_sets"], commit)
@@ -344,25 +359,26 @@ def select_towers(dataset: str, commit: str, choices: dict) -> tuple[list[dict],
     out = {}
     for family in FAMILIES:
         c, dmt = choices[family], f"dmt_{family}"
+        flat_sets = search.tune("round2_flat", family, "flat", [], [], chosen_training(c["flat_sets"]), grids)
         module, start = MODULES[family][c["module"]], chosen_training(c["dmt_sets"])
         variants = {
             k: [*module, *towers_sets(dataset, n), *ratio_sets(budget_ratios(dataset, family, 1.0, towers=n))]
             for k, n in candidates.items()
         }
         won = search.stage("towers", dmt, "towers", {k: [*v, *train_sets(start)] for k, v in variants.items()})
-        towers = candidates[won]
-        if towers == TOWERS[dataset]:
-            out[family] = {**c, "towers": towers}
-            continue
-        place = [*module, *towers_sets(dataset, towers)]
-        distinct = distinct_budgets(dataset, family, towers)
-        mix, measured = "mix1", search.of(f"towers/{won}", dmt)
-        others = {n: [*place, *ratio_sets(p), *train_sets(start)] for n, p in distinct.items() if n != "mix1"}
-        if others:
-            mix = search.stage("towers_budget", dmt, "towers_budget", others, {"mix1": measured})
-            measured = search.of(f"towers_budget/{mix}", dmt)
-        dmt_sets = search.tune("towers_dmt", dmt, "towers_train", [*place, *ratio_sets(distinct[mix])], measured, start)
-        out[family] = {**c, "towers": towers, "budget": {"mix": mix, **distinct[mix]}, "dmt_sets": dmt_sets}
+        towers, budget = candidates[won], c["budget"]
+        base, group, measured = c["dmt_sets"][:-3], "train", []  # the first round's: read back
+        if towers != TOWERS[dataset]:
+            place = [*module, *towers_sets(dataset, towers)]
+            distinct = distinct_budgets(dataset, family, towers)
+            mix, measured = "mix1", search.of(f"towers/{won}", dmt)
+            others = {n: [*place, *ratio_sets(p), *train_sets(start)] for n, p in distinct.items() if n != "mix1"}
+            if others:
+                mix = search.stage("towers_budget", dmt, "towers_budget", others, {"mix1": measured})
+                measured = search.of(f"towers_budget/{mix}", dmt)
+            base, group, budget = [*place, *ratio_sets(distinct[mix])], "towers_train", {"mix": mix, **distinct[mix]}
+        dmt_sets = search.tune("round2_dmt", dmt, group, base, measured, start, grids)
+        out[family] = {**c, "flat_sets": flat_sets, "towers": towers, "budget": budget, "dmt_sets": dmt_sets}
     return search.rows, out
 
 

@@ -1,7 +1,7 @@
 """Accuracy of flat and DMT models on real and synthetic data, by the protocol of protocol.py.
 
     .venv/bin/python -m benchmarks.accuracy.run --stage select                 # every choice, on validation
-    .venv/bin/python -m benchmarks.accuracy.run --stage towers                 # then the towers stage, on validation
+    .venv/bin/python -m benchmarks.accuracy.run --stage round2                 # then the second round, on validation
     .venv/bin/python -m benchmarks.accuracy.run --stage apply                  # write the choices into the configs
     .venv/bin/python -m benchmarks.accuracy.run --stage final                  # fresh seeds, test, run once
     .venv/bin/python -m benchmarks.accuracy.run --stage grid                   # CR 1..16 sweep, test, seeds 0-2
@@ -199,7 +199,7 @@ def _keep(old: list[dict], new: list[dict], datasets: list[str]) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["select", "towers", "apply", "final", "grid", "sptt"])
+    ap.add_argument("--stage", choices=["select", "round2", "apply", "final", "grid", "sptt"])
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args()
@@ -221,14 +221,18 @@ def main() -> None:
                 runs += rows
                 choices[ds] = chosen
             result["selection"] = {**here, "runs": _keep(old.get("runs", []), runs, datasets), "choices": choices}
-        elif args.stage == "towers":
+        elif args.stage == "round2":
             datasets = args.datasets or list(protocol.LEARNED_TOWERS)
             sel = result["selection"]
-            kept = [r for r in sel["runs"] if not (r["dataset"] in datasets and r["stage"].startswith("towers"))]
+            first = sel.get("first_choices", sel["choices"])  # round 2 always starts from round 1's
+            round2 = ("towers", "round2")
+            kept = [r for r in sel["runs"] if not (r["dataset"] in datasets and r["stage"].startswith(round2))]
+            choices = dict(sel["choices"])
             for ds in datasets:
-                rows, sel["choices"][ds] = protocol.select_towers(ds, commit, sel["choices"][ds])
+                rows, choices[ds] = protocol.select_round2(ds, commit, first[ds])
                 kept += rows
-            result["selection"] = {**sel, "runs": kept, "towers_stage": here}
+            sel = {**sel, "runs": kept, "first_choices": first, "choices": choices, "round2": here}
+            result["selection"] = sel
         elif args.stage == "apply":
             choices = result["selection"]["choices"]
             for ds in args.datasets or list(choices):
