@@ -105,3 +105,18 @@ def test_towers_candidates_name_their_file_and_spend_the_same_budget():
     for name in ("movielens100k_tp", "movielens100k_tp_dcn"):
         p = protocol.budget_ratios("movielens100k", "dcn", 1.0, towers=name)
         assert sum(p["tower_widths"]) == 10 * 16 // 4  # uniform CR 4 of 10 features x 16
+
+
+def test_apply_writes_a_chosen_towers_file_relative_to_the_config(tmp_path, monkeypatch):
+    """--set paths are relative to the working directory, a config file's own paths to the file."""
+    from benchmarks.accuracy.run import apply_choices
+
+    configs = tmp_path / "dmt" / "configs"
+    configs.mkdir(parents=True)
+    (configs / "movielens100k_dcn.toml").write_text('[model]\narch = "dcn"\n')
+    (configs / "movielens100k_dmt_dcn.toml").write_text('[model]\ntowers_file = "towers/movielens100k_tp.json"\n')
+    monkeypatch.chdir(tmp_path)
+    choice = {"flat_sets": [], "dmt_sets": ["model.towers_file=dmt/configs/towers/movielens100k_tp_dlrm.json"]}
+    assert apply_choices("movielens100k", {"dcn": choice}) == ["dmt/configs/movielens100k_dmt_dcn.toml"]
+    text = (configs / "movielens100k_dmt_dcn.toml").read_text()
+    assert text.splitlines()[1].startswith('towers_file = "towers/movielens100k_tp_dlrm.json"  # chosen on')
