@@ -79,11 +79,11 @@ def selection_lines(selection: dict) -> list[str]:
         "",
         *provenance_lines(selection, MACHINE),
         "",
-        *(
-            ["Towers stages (after the first final):", "", *provenance_lines(selection["towers_stage"], MACHINE), ""]
-            if "towers_stage" in selection
-            else []
-        ),
+        *[
+            line
+            for ds, ran in sorted(selection.get("round2", {}).items(), key=lambda kv: ORDER.get(kv[0], 9))
+            for line in (f"Second round on {ds} (after the first final):", "", *provenance_lines(ran, MACHINE), "")
+        ],
         "Every candidate of every stage (benchmarks/accuracy/protocol.py), mean ± std of validation AUC over the "
         "selection seeds; **bold**: the stage's choice (highest mean). Cross-host floats per sample of the DMT "
         "candidates in the last column.",

@@ -231,7 +231,8 @@ def main() -> None:
             for ds in datasets:
                 rows, choices[ds] = protocol.select_round2(ds, commit, first[ds])
                 kept += rows
-            sel = {**sel, "runs": kept, "first_choices": first, "choices": choices, "round2": here}
+            ran = {**sel.get("round2", {}), **{ds: here for ds in datasets}}  # per dataset: its round's provenance
+            sel = {**sel, "runs": kept, "first_choices": first, "choices": choices, "round2": ran}
             result["selection"] = sel
         elif args.stage == "apply":
             choices = result["selection"]["choices"]
