@@ -155,7 +155,7 @@ def run_job(job: Job, commit: str, nproc: int = 0, ranks_per_host: int = 0, need
     shown = " ".join(["python", *cmd[1:]])
     meta_path, summary_path = job.out / "job.json", job.out / "summary.json"
     known = REMEMBERED.get((shown, digest(job.resolved())))
-    if known is not None and not (need_checkpoint and not (job.out / "model.pt").is_file()):
+    if known is not None and (not need_checkpoint or (job.out / "model.pt").is_file()):
         return {**known, "variant": job.variant}
     if meta_path.is_file() and summary_path.is_file():
         meta, config = json.loads(meta_path.read_text()), run_config(job.out)

@@ -291,6 +291,18 @@ class Search:
         todo = {k: [*base, *train_sets(t)] for k, t in second.items() if k != done}
         return [*base, *train_sets(second[self.stage(f"{kind}_rates", config, group, todo, reuse)])]
 
+    def spend(
+        self, label: str, config: str, distinct: dict[str, dict], measured: list[dict], before: list, after: list
+    ) -> tuple[str, list[dict]]:
+        """The budget stage: each mix of `distinct` but mix 1 (uniform, measured already: `measured`)
+        as --set items [*before, its ratios, *after] -> (the winning mix, its rows); no stage where
+        mix 1 is alone."""
+        others = {n: [*before, *ratio_sets(p), *after] for n, p in distinct.items() if n != "mix1"}
+        if not others:
+            return "mix1", measured
+        mix = self.stage(label, config, label, others, {"mix1": measured})
+        return mix, self.of(f"{label}/{mix}", config)
+
 
 def distinct_budgets(dataset: str, family: str, towers: str | None = None) -> dict[str, dict]:
     """{mix name: proposal} of MIXES on towers file `towers`; mixes that give the same widths are one."""
@@ -317,11 +329,8 @@ def select(dataset: str, commit: str) -> tuple[list[dict], dict]:
         )
         chosen = MODULES[family][module]
         distinct = distinct_budgets(dataset, family)
-        mix, measured = "mix1", search.of(f"module/{module}", dmt)  # mix 1 (uniform): the module stage's winner
-        others = {n: [*chosen, *default, *ratio_sets(p)] for n, p in distinct.items() if n != "mix1"}
-        if others:
-            mix = search.stage("budget", dmt, "budget", others, {"mix1": measured})
-            measured = search.of(f"budget/{mix}", dmt)
+        measured = search.of(f"module/{module}", dmt)  # mix 1 (uniform): the module stage's winner
+        mix, measured = search.spend("budget", dmt, distinct, measured, [*chosen, *default], [])
         dmt_sets = search.tune("dmt", dmt, "train", [*chosen, *ratio_sets(distinct[mix])], measured)
         choices[family] = {
             "flat_sets": flat_sets,
@@ -367,15 +376,13 @@ def select_round2(dataset: str, commit: str, choices: dict) -> tuple[list[dict],
         }
         won = search.stage("towers", dmt, "towers", {k: [*v, *train_sets(start)] for k, v in variants.items()})
         towers, budget = candidates[won], c["budget"]
-        base, group, measured = c["dmt_sets"][:-3], "train", []  # the first round's: read back
+        base = [item for item in c["dmt_sets"] if not item.startswith("train.")]  # the first round's: read back
+        group, measured = "train", []
         if towers != TOWERS[dataset]:
             place = [*module, *towers_sets(dataset, towers)]
             distinct = distinct_budgets(dataset, family, towers)
-            mix, measured = "mix1", search.of(f"towers/{won}", dmt)
-            others = {n: [*place, *ratio_sets(p), *train_sets(start)] for n, p in distinct.items() if n != "mix1"}
-            if others:
-                mix = search.stage("towers_budget", dmt, "towers_budget", others, {"mix1": measured})
-                measured = search.of(f"towers_budget/{mix}", dmt)
+            measured = search.of(f"towers/{won}", dmt)
+            mix, measured = search.spend("towers_budget", dmt, distinct, measured, place, train_sets(start))
             base, group, budget = [*place, *ratio_sets(distinct[mix])], "towers_train", {"mix": mix, **distinct[mix]}
         dmt_sets = search.tune("round2_dmt", dmt, group, base, measured, start, grids)
         out[family] = {**c, "flat_sets": flat_sets, "towers": towers, "budget": budget, "dmt_sets": dmt_sets}
