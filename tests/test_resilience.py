@@ -132,6 +132,49 @@ def test_the_rank_named_is_the_one_that_died_first_not_a_survivor_that_failed_af
     assert message.startswith("lost rank 1 (pid ") and "signal SIGKILL" in message, message
 
 
+def _groups_wait_the_timeout(cfg, topo):
+    """Rank body on 2x2 with a column-cut model: every group dmt made (the topology's and the
+    column shards') and its collective timeout; then rank 0 all-reduces on the dense group, which
+    the other ranks never join: they leave only after PEERS_LEAVE_S. -> (timeouts, rank 0's error,
+    the timeout a user's `Topology.from_env()` reads off the default group)"""
+    from datetime import timedelta
+
+    import dmt
+    from dmt.distributed.topology import world_timeout
+
+    from .helpers import tiny_features
+
+    with dmt.deferred_tables():
+        model = dmt.DLRM(tiny_features(), num_dense=3, towers=[["f0", "f1", "f3"], ["f2", "f4", "f5"]], dim=4)
+    sharded = dmt.shard(model, topo, "flat", sharding=dmt.plan(model, topo.layout, "flat", {"*": "column"}))
+    groups = [topo.group(name) for name in topo.groups] + [g for g, _ in sharded.column_shards().values()]
+    timeouts = [g._get_backend(torch.device("cpu")).options._timeout / timedelta(seconds=1) for g in groups]
+    error = ""
+    if topo.rank == 0:
+        try:
+            torch.distributed.all_reduce(torch.ones(1), group=topo.dense_group)
+        except RuntimeError as e:
+            error = str(e)
+    else:
+        time.sleep(PEERS_LEAVE_S)
+    return timeouts, error, world_timeout() / timedelta(seconds=1)
+
+
+PEERS_LEAVE_S = 10.0
+
+
+def test_every_group_waits_dist_timeout_s_not_torchs_default():
+    """torch gives a new group a 30-minute timeout of its own; a cut link met in the dense
+    all-reduce would hang that long (until the peers left, here) instead of dist.timeout_s."""
+    cfg = small_config("dmt/configs/synthetic_dlrm.toml", "dist.timeout_s=2")
+    results = run_ranks(2, 2, _groups_wait_the_timeout, cfg)
+    for timeouts, _, read in results.values():
+        assert len(timeouts) == 13 and set(timeouts) == {2.0}, timeouts  # world + 7 of the topology's + 5 columns
+        assert read == 2.0
+    error = results[0][1]
+    assert "Timed out" in error and "2000ms" in error, error  # not the closed connection of peers that left
+
+
 def test_sharded_checkpoint_exports_to_one_device_eval(tmp_path):
     """The one-device model.pt exported from DCP shards evaluates exactly as the sharded run did."""
     import json

@@ -55,10 +55,11 @@ def init_rank(cfg: Config, ranks_per_host: int | None) -> Topology:
     """Join the process group (env:// from the launcher) and build this rank's topology."""
     if cfg.train.device.startswith("cuda"):
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend_for(cfg), timeout=timedelta(seconds=cfg.dist.timeout_s))
+    timeout = timedelta(seconds=cfg.dist.timeout_s)
+    dist.init_process_group(backend_for(cfg), timeout=timeout)
     world = dist.get_world_size()
     per_host = ranks_per_host or cfg.dist.ranks_per_host or int(os.environ.get("LOCAL_WORLD_SIZE", world))
-    return Topology.create(Layout.for_world(world, per_host))
+    return Topology.create(Layout.for_world(world, per_host), timeout)
 
 
 PEER_GRACE_S = 1.0  # five of the launcher's polls

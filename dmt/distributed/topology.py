@@ -14,6 +14,9 @@
 
 Groups are created collectively (every rank calls `Topology.create`) and passed explicitly. A
 world of one (`Topology.single()`) has no process group at all: one device, no collectives.
+Every group waits as long as the default group does (`init_process_group(timeout=...)`, dmt's
+`dist.timeout_s`): torch gives a `new_group` its own default of 30 minutes instead, so a cut
+link met in a dense all-reduce or a rail exchange would otherwise hang that long.
 
 dmt holds every group it uses weakly (`GroupRef`): torch.distributed owns the groups, and
 `destroy_process_group()` frees them at the call, as in a script without dmt, even while the user
@@ -32,8 +35,10 @@ from __future__ import annotations
 import os
 import weakref
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
+import torch
 import torch.distributed as dist
 
 from dmt.errors import UserError
@@ -96,6 +101,16 @@ class GroupRef:
         return group
 
 
+def world_timeout() -> timedelta | None:
+    """How long a collective of the default process group waits before it fails; None where its
+    backend does not say. torch has no public getter: this reads the backend's options."""
+    device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    try:
+        return dist.group.WORLD._get_backend(device).options._timeout
+    except (AttributeError, RuntimeError):
+        return None
+
+
 def _group(name: str) -> property:
     return property(lambda self: self.group(name), doc=f"this rank's {name} process group (None in a world of one)")
 
@@ -108,6 +123,7 @@ class Topology:
     layout: Layout
     rank: int
     groups: dict[str, GroupRef] = field(default_factory=dict)
+    timeout: timedelta | None = None  # every group's collective timeout (None: no groups)
 
     def group(self, name: str) -> dist.ProcessGroup | None:
         ref = self.groups.get(name)
@@ -136,41 +152,47 @@ class Topology:
         return Topology(Layout(1, 1), 0)
 
     @staticmethod
-    def create(layout: Layout) -> Topology:
-        """Collective: every rank of the default group must call it, in the same order."""
+    def create(layout: Layout, timeout: timedelta | None = None) -> Topology:
+        """Collective: every rank of the default group must call it, in the same order. timeout:
+        how long each group's collectives wait (default: as long as the default group's)."""
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != layout.world:
             raise UserError(f"topology {layout.hosts}x{layout.ranks_per_host} needs {layout.world} ranks, have {world}")
-        mine = {"world": dist.group.WORLD, "dense": dist.new_group(list(range(world)))}
+        timeout = timeout or world_timeout()
+
+        def new_group(ranks: list[int]) -> dist.ProcessGroup:
+            return dist.new_group(ranks, timeout=timeout)
+
+        mine = {"world": dist.group.WORLD, "dense": new_group(list(range(world)))}
         for h in range(layout.hosts):
-            intra, tower = dist.new_group(layout.host_ranks(h)), dist.new_group(layout.host_ranks(h))
+            intra, tower = new_group(layout.host_ranks(h)), new_group(layout.host_ranks(h))
             if h == layout.host_of(rank):
                 mine["intra"], mine["tower"] = intra, tower
         for local in range(layout.ranks_per_host):
-            g = dist.new_group(layout.peer_ranks(local))
+            g = new_group(layout.peer_ranks(local))
             if local == layout.local_of(rank):
                 mine["peer"] = g
-        mine["input_world"] = dist.new_group(list(range(world)))
+        mine["input_world"] = new_group(list(range(world)))
         for h in range(layout.hosts):
-            g = dist.new_group(layout.host_ranks(h))
+            g = new_group(layout.host_ranks(h))
             if h == layout.host_of(rank):
                 mine["input_intra"] = g
         for local in range(layout.ranks_per_host):
-            g = dist.new_group(layout.peer_ranks(local))
+            g = new_group(layout.peer_ranks(local))
             if local == layout.local_of(rank):
                 mine["input_peer"] = g
-        return Topology(layout, rank, {name: GroupRef(g) for name, g in mine.items()})
+        return Topology(layout, rank, {name: GroupRef(g) for name, g in mine.items()}, timeout)
 
     @staticmethod
-    def from_env(ranks_per_host: int | None = None) -> Topology:
+    def from_env(ranks_per_host: int | None = None, timeout: timedelta | None = None) -> Topology:
         """The topology of an initialised default process group (as under torchrun), hosts of
         `ranks_per_host` ranks (default: the launcher's LOCAL_WORLD_SIZE); a world of one
-        when no process group is initialised. Collective."""
+        when no process group is initialised. Collective; timeout as in `create`."""
         if not dist.is_initialized():
             return Topology.single()
         world = dist.get_world_size()
         per_host = ranks_per_host or int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        return Topology.create(Layout.for_world(world, per_host))
+        return Topology.create(Layout.for_world(world, per_host), timeout)
 
     # ---- small collectives over all ranks, no-ops in a world of one --------------------------
 
