@@ -157,6 +157,7 @@ def test_a_device_sync_is_refused_by_the_guard():
         device_sync("cpu")
 
 
+@pytest.mark.filterwarnings("ignore:for .*copying from a non-meta parameter:UserWarning")  # meta: on purpose
 def test_resume_puts_optimizer_state_on_the_parameters_device(tmp_path):
     """Resume into a model on another device than the checkpoint's (meta stands in for a GPU):
     every state tensor lands beside its parameter; the step counters stay on the host, as torch keeps them."""
