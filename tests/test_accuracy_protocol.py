@@ -120,3 +120,14 @@ def test_apply_writes_a_chosen_towers_file_relative_to_the_config(tmp_path, monk
     assert apply_choices("movielens100k", {"dcn": choice}) == ["dmt/configs/movielens100k_dmt_dcn.toml"]
     text = (configs / "movielens100k_dmt_dcn.toml").read_text()
     assert text.splitlines()[1].startswith('towers_file = "towers/movielens100k_tp_dlrm.json"  # chosen on')
+
+
+def test_the_resplit_runs_the_committed_configs_on_another_split_with_seeds_no_run_used(monkeypatch):
+    monkeypatch.setattr(protocol, "run_all", lambda jobs, commit: jobs)
+    for dataset, seeds in protocol.RESPLIT_SEEDS.items():
+        got = protocol.resplit(dataset, "commit")
+        assert sorted((j.config, j.seed) for j in got) == sorted((c, s) for c in protocol.CONFIGS for s in seeds)
+        data = got[0].resolved()["data"]
+        assert data["seed"] == protocol.RESPLIT_DATA_SEED != 1234 and data["eval_split"] == "test"
+        before = {r["seed"] for r in jobs.read_journal() if r["dataset"] == dataset and r["variant"] != "resplit"}
+        assert before and not before & set(seeds)

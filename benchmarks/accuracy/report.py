@@ -1,5 +1,5 @@
-"""results.json -> results.md: the final paired differences, every selection stage, the CR sweep and
-the SPTT check, each under its own Command / Commit / Machine lines."""
+"""results.json -> results.md: the final paired differences and those on another split, every
+selection stage, the CR sweep and the SPTT check, each under its own Command / Commit / Machine lines."""
 
 from __future__ import annotations
 
@@ -38,12 +38,28 @@ def _seeds(seeds: list[int] | dict[str, list[int]]) -> str:
 
 
 def final_lines(final: dict) -> list[str]:
+    about = f"train.seed in {_seeds(final['seeds'])} (no choice used them); data.seed 1234 (one split)."
+    return paired_lines(final, "## Final: test split, fresh seeds, committed configs, run once", about)
+
+
+def resplit_lines(resplit: dict) -> list[str]:
+    about = (
+        f"train.seed in {_seeds(resplit['seeds'])} (no run used them before); data.seed {resplit['data_seed']}: "
+        "another random 80/10/10 split of the rows than the one (1234) that every choice and both finals used. "
+        "Nothing was chosen from these runs."
+    )
+    title = f"## Resplit: the committed configs on another split of the rows (data.seed {resplit['data_seed']}), test"
+    return paired_lines(resplit, title, about)
+
+
+def paired_lines(stage: dict, title: str, about: str) -> list[str]:
+    """A stage of committed configs on the test split (final, resplit): DMT - flat paired by seed."""
     lines = [
-        "## Final: test split, fresh seeds, committed configs, run once",
+        title,
         "",
-        *provenance_lines(final, MACHINE),
+        *provenance_lines(stage, MACHINE),
         "",
-        f"train.seed in {_seeds(final['seeds'])} (no choice used them); data.seed 1234 (one split). "
+        f"{about} "
         "Δ: DMT minus flat of the same family and seed; the 95% interval is Student's t over the paired seeds. "
         "Bound: the issue's "
         "acceptance (mean Δ at least minus it). Cross-host floats: what the Tower Modules send per sample "
@@ -53,8 +69,8 @@ def final_lines(final: dict) -> list[str]:
         "| bound | met | DMT cross-host floats / sample |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    by_config = _groups(final["runs"], "dataset", "config")
-    for p in sorted(final["pairs"], key=lambda p: (ORDER[p["dataset"]], p["family"])):
+    by_config = _groups(stage["runs"], "dataset", "config")
+    for p in sorted(stage["pairs"], key=lambda p: (ORDER[p["dataset"]], p["family"])):
         bound = BOUND[p["dataset"]]
         dmt_rows = by_config[(p["dataset"], f"dmt_{p['family']}")]
         lines.append(
@@ -62,7 +78,7 @@ def final_lines(final: dict) -> list[str]:
             f"| [{p['ci95'][0]:+.4f}, {p['ci95'][1]:+.4f}] | {' '.join(f'{d:+.4f}' for d in p['diff'])} "
             f"| -{bound:g} | {'yes' if p['diff_mean'] >= -bound else 'no'} | {_floats(dmt_rows)} |"
         )
-    synthetic = [p for p in final["pairs"] if p["dataset"] == "synthetic"]
+    synthetic = [p for p in stage["pairs"] if p["dataset"] == "synthetic"]
     if synthetic:
         lines += ["", "Synthetic data, gap to the Bayes-optimal AUC of the test stream:", ""]
         lines += ["| family | optimal AUC | flat gap | DMT gap | DMT gap - flat gap |", "|---|---|---|---|---|"]
@@ -162,6 +178,8 @@ def write_report(result: dict, path: Path) -> None:
     ]
     if "final" in result:
         lines += final_lines(result["final"])
+    if "resplit" in result:
+        lines += resplit_lines(result["resplit"])
     if "selection" in result:
         lines += selection_lines(result["selection"])
     if "grid" in result:

@@ -4,6 +4,7 @@
     .venv/bin/python -m benchmarks.accuracy.run --stage round2                 # then the second round, on validation
     .venv/bin/python -m benchmarks.accuracy.run --stage apply                  # write the choices into the configs
     .venv/bin/python -m benchmarks.accuracy.run --stage final                  # fresh seeds, test, run once
+    .venv/bin/python -m benchmarks.accuracy.run --stage resplit                # the same on another split of the rows
     .venv/bin/python -m benchmarks.accuracy.run --stage grid                   # CR 1..16 sweep, test, seeds 0-2
     .venv/bin/python -m benchmarks.accuracy.run --stage sptt                   # SPTT 2x2 against one process
     .venv/bin/python -m benchmarks.accuracy.run --report                       # rewrite results.md only
@@ -35,7 +36,7 @@ DATASETS = ["nycflights13", "movielens100k", "synthetic"]
 REAL = ["nycflights13", "movielens100k"]
 GRID_SEEDS = [0, 1, 2]
 RATIOS = [1, 2, 4, 8, 16]
-STAGES = ("selection", "final", "grid", "sptt_check")
+STAGES = ("selection", "final", "resplit", "grid", "sptt_check")
 SPTT = {"dataset": "nycflights13", "config": "dmt_dcn", "seed": 0, "nproc": 4, "ranks_per_host": 2}
 
 
@@ -197,9 +198,24 @@ def _keep(old: list[dict], new: list[dict], datasets: list[str]) -> list[dict]:
     return [r for r in old if r["dataset"] not in datasets] + new
 
 
+def committed_stage(stage: str, result: dict, datasets: list[str], commit: str) -> dict:
+    """final or resplit: the committed configs (checked to hold the choices) on the test split, paired
+    DMT - flat per family; the other datasets' earlier runs are kept."""
+    choices = result["selection"]["choices"]
+    for ds in datasets:
+        check_committed(ds, choices[ds])
+    runner, seeds, data_seed = {
+        "final": (protocol.final, protocol.FINAL_SEEDS, None),
+        "resplit": (protocol.resplit, protocol.RESPLIT_SEEDS, protocol.RESPLIT_DATA_SEED),
+    }[stage]
+    runs = _keep(result.get(stage, {}).get("runs", []), [r for ds in datasets for r in runner(ds, commit)], datasets)
+    got = {"seeds": {ds: seeds[ds] for ds in sorted({r["dataset"] for r in runs})}, "runs": runs}
+    return {**got, "pairs": protocol.paired(runs), **({"data_seed": data_seed} if data_seed else {})}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--stage", choices=["select", "round2", "apply", "final", "grid", "sptt"])
+    ap.add_argument("--stage", choices=["select", "round2", "apply", "final", "resplit", "grid", "sptt"])
     ap.add_argument("--datasets", nargs="+", choices=DATASETS, default=None)
     ap.add_argument("--report", action="store_true", help="only rewrite results.md from results.json")
     args = ap.parse_args()
@@ -241,15 +257,12 @@ def main() -> None:
                 check_committed(ds, choices[ds])
                 print(f"{ds}: the configs hold the chosen settings")
             return
-        elif args.stage == "final":
-            datasets = args.datasets or DATASETS
-            choices = result["selection"]["choices"]
-            for ds in datasets:
-                check_committed(ds, choices[ds])
-            old = result.get("final", {})
-            runs = _keep(old.get("runs", []), [r for ds in datasets for r in protocol.final(ds, commit)], datasets)
-            seeds = {ds: protocol.FINAL_SEEDS[ds] for ds in sorted({r["dataset"] for r in runs})}
-            result["final"] = {**here, "seeds": seeds, "runs": runs, "pairs": protocol.paired(runs)}
+        elif args.stage in ("final", "resplit"):
+            datasets = args.datasets or (DATASETS if args.stage == "final" else REAL)
+            if args.stage == "resplit" and not set(datasets) <= set(REAL):
+                ap.error(f"--stage resplit is for the real data: {', '.join(REAL)}")
+            got = committed_stage(args.stage, result, datasets, commit)
+            result[args.stage] = {**here, **got}
         elif args.stage == "grid":
             datasets = args.datasets or REAL
             old = result.get("grid", {})
