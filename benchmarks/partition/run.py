@@ -3,7 +3,10 @@
 Same synthetic data for every run (data.seed fixed); each training seed s trains one model per
 method with train.seed = s; random towers use partition seed s. The model-free interaction matrix
 is computed once and every method's towers are cut from it (K = 4, cost = ids per sample, TP
-tolerance 0.05). Writes results.json and results.md here: per method mean / std of AUC, the
+tolerance 0.05). Every cut sends the same cross-host floats: those of the config's uniform
+compression ratio, spent in whole embeddings by tower size (`equal_budget`), since a DLRM Tower
+Module sends whole embeddings and an uneven cut cannot take the uniform ratio itself. Writes
+results.json and results.md here: per method mean / std of AUC, the
 partition's ARI against the planted groups and its imbalance, and paired t-tests (over seeds)
 of TP against each baseline.
 
@@ -24,6 +27,7 @@ from benchmarks.common import provenance, provenance_lines
 from dmt.config import load_config
 from dmt.data import make_source
 from dmt.partition import adjusted_rand_index, partition
+from dmt.partition.budget import propose_ratios
 from dmt.partition.heatmap import draw_heatmap
 from dmt.partition.interaction import data_interactions
 from dmt.train.loop import train
@@ -41,6 +45,14 @@ def make_towers(source, matrix: np.ndarray, method: str, seed: int, embedding_di
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
     return payload
+
+
+def equal_budget(towers: list[list[str]], dim: int, ratio: float) -> dict:
+    """Per-tower ratios for a DLRM Tower Module (whole d-wide embeddings) that spend the cross-host
+    floats of uniform `ratio` by tower size alone (mix 1: no interaction term, which would favour
+    one cut). -> dmt.partition.budget.propose_ratios's proposal"""
+    names = [f for tower in towers for f in tower]
+    return propose_ratios(towers, names, np.zeros((len(names), len(names))), dim, ratio, dim, mix=1.0)
 
 
 def main() -> None:
@@ -70,10 +82,13 @@ def main() -> None:
             if method == "tp" and seed == 0:
                 picture = HERE / "tp_heatmap.png"
                 draw_heatmap(np.asarray(p["interaction"]), p["features"], p["towers"], picture, "TP towers (data)")
+            budget = equal_budget(p["towers"], dim, base.model.compression_ratio)
+            ratios = ", ".join(repr(r) for r in budget["compression_ratios"])
             cfg = load_config(
                 CONFIG,
                 [
                     f"model.towers_file={json.dumps(str(towers_file))}",
+                    f"model.tower_compression_ratios=[{ratios}]",
                     f"train.seed={seed}",
                     f"train.steps={args.steps}",
                     "train.progress=false",
@@ -88,6 +103,7 @@ def main() -> None:
                 "auc": summary["auc"],
                 "logloss": summary["logloss"],
                 "train_s": time.perf_counter() - start,
+                "tower_widths": budget["tower_widths"],
                 **_partition_stats(p),
             }
             rows.append(row)
@@ -96,6 +112,8 @@ def main() -> None:
     result = {
         **started,
         "config": CONFIG,
+        "compression_ratio": base.model.compression_ratio,
+        "budget_floats": len(source.features) * dim / base.model.compression_ratio,
         "steps": args.steps,
         "seeds": list(range(args.seeds)),
         "optimal_auc": optimal,
@@ -160,9 +178,11 @@ def _markdown(result: dict) -> str:
         "",
         *provenance_lines(result, f"; total wall time {result['wall_s'] / 60:.1f} min"),
         "",
-        f"Config `{result['config']}` (K = 4 towers, compression ratio from the config), one process, "
+        f"Config `{result['config']}` (K = 4 towers), one process, "
         f"{result['steps']} steps per run, training seeds {result['seeds']}; Bayes-optimal AUC "
-        f"{result['optimal_auc']:.4f}. Towers from the model-free interaction source, cost = ids per sample.",
+        f"{result['optimal_auc']:.4f}. Towers from the model-free interaction source, cost = ids per sample. "
+        f"Every cut sends {result['budget_floats']:g} cross-host floats per sample, the config's uniform ratio "
+        f"{result['compression_ratio']:g}, in whole embeddings by tower size (per-run widths below).",
         "",
         "| method | runs | AUC mean | AUC std | ARI vs planted | imbalance (ids) | within-tower interaction |",
         "|---|---|---|---|---|---|---|",
@@ -181,10 +201,14 @@ def _markdown(result: dict) -> str:
             f"| {name} | {t['mean_difference']:+.4f} | {t['std_difference']:.4f} | {t['t']:.2f} "
             f"| {t['p_two_sided']:.2e} | {t['p_one_sided']:.2e} |"
         )
-    lines += ["", "Per run:", "", "| method | seed | AUC | ARI | imbalance |", "|---|---|---|---|---|"]
+    lines += ["", "Per run:", "", "| method | seed | AUC | ARI | imbalance | tower widths (floats) |"]
+    lines.append("|---|---|---|---|---|---|")
     for r in result["runs"]:
         if r["auc"] is not None:
-            lines.append(f"| {r['method']} | {r['seed']} | {r['auc']:.4f} | {r['ari']:.3f} | {r['imbalance']:.3f} |")
+            widths = "+".join(map(str, r["tower_widths"]))
+            lines.append(
+                f"| {r['method']} | {r['seed']} | {r['auc']:.4f} | {r['ari']:.3f} | {r['imbalance']:.3f} | {widths} |"
+            )
     return "\n".join(lines) + "\n"
 
 
