@@ -140,7 +140,7 @@ def _groups_wait_the_timeout(cfg, topo):
     from datetime import timedelta
 
     import dmt
-    from dmt.distributed.topology import world_timeout
+    from dmt.distributed.topology import group_timeout
 
     from .helpers import tiny_features
 
@@ -148,7 +148,7 @@ def _groups_wait_the_timeout(cfg, topo):
         model = dmt.DLRM(tiny_features(), num_dense=3, towers=[["f0", "f1", "f3"], ["f2", "f4", "f5"]], dim=4)
     sharded = dmt.shard(model, topo, "flat", sharding=dmt.plan(model, topo.layout, "flat", {"*": "column"}))
     groups = [topo.group(name) for name in topo.groups] + [g for g, _ in sharded.column_shards().values()]
-    timeouts = [g._get_backend(torch.device("cpu")).options._timeout / timedelta(seconds=1) for g in groups]
+    timeouts = [group_timeout(g) / timedelta(seconds=1) for g in groups]
     error = ""
     if topo.rank == 0:
         try:
@@ -157,7 +157,7 @@ def _groups_wait_the_timeout(cfg, topo):
             error = str(e)
     else:
         time.sleep(PEERS_LEAVE_S)
-    return timeouts, error, world_timeout() / timedelta(seconds=1)
+    return timeouts, error, group_timeout() / timedelta(seconds=1)
 
 
 PEERS_LEAVE_S = 10.0

@@ -198,19 +198,17 @@ def _keep(old: list[dict], new: list[dict], datasets: list[str]) -> list[dict]:
     return [r for r in old if r["dataset"] not in datasets] + new
 
 
-def committed_stage(stage: str, result: dict, datasets: list[str], commit: str) -> dict:
-    """final or resplit: the committed configs (checked to hold the choices) on the test split, paired
-    DMT - flat per family; the other datasets' earlier runs are kept."""
-    choices = result["selection"]["choices"]
+def committed_stage(stage: str, runner, result: dict, datasets: list[str], commit: str) -> dict:
+    """final or resplit (`runner`: protocol.final or protocol.resplit): the committed configs, checked
+    to hold the choices, on the test split, paired DMT - flat per family; the other datasets' runs
+    of the stage in `result` are kept."""
     for ds in datasets:
-        check_committed(ds, choices[ds])
-    runner, seeds, data_seed = {
-        "final": (protocol.final, protocol.FINAL_SEEDS, None),
-        "resplit": (protocol.resplit, protocol.RESPLIT_SEEDS, protocol.RESPLIT_DATA_SEED),
-    }[stage]
-    runs = _keep(result.get(stage, {}).get("runs", []), [r for ds in datasets for r in runner(ds, commit)], datasets)
-    got = {"seeds": {ds: seeds[ds] for ds in sorted({r["dataset"] for r in runs})}, "runs": runs}
-    return {**got, "pairs": protocol.paired(runs), **({"data_seed": data_seed} if data_seed else {})}
+        check_committed(ds, result["selection"]["choices"][ds])
+    old = result.get(stage, {}).get("runs", [])
+    runs = _keep(old, [r for ds in datasets for r in runner(ds, commit)], datasets)
+    names = sorted({r["dataset"] for r in runs})
+    seeds = {ds: sorted({r["seed"] for r in runs if r["dataset"] == ds}) for ds in names}
+    return {"seeds": seeds, "runs": runs, "pairs": protocol.paired(runs)}
 
 
 def main() -> None:
@@ -257,12 +255,15 @@ def main() -> None:
                 check_committed(ds, choices[ds])
                 print(f"{ds}: the configs hold the chosen settings")
             return
-        elif args.stage in ("final", "resplit"):
-            datasets = args.datasets or (DATASETS if args.stage == "final" else REAL)
-            if args.stage == "resplit" and not set(datasets) <= set(REAL):
+        elif args.stage == "final":
+            datasets = args.datasets or DATASETS
+            result["final"] = {**here, **committed_stage("final", protocol.final, result, datasets, commit)}
+        elif args.stage == "resplit":
+            datasets = args.datasets or REAL
+            if not set(datasets) <= set(REAL):
                 ap.error(f"--stage resplit is for the real data: {', '.join(REAL)}")
-            got = committed_stage(args.stage, result, datasets, commit)
-            result[args.stage] = {**here, **got}
+            got = committed_stage("resplit", protocol.resplit, result, datasets, commit)
+            result["resplit"] = {**here, **got, "data_seed": protocol.RESPLIT_DATA_SEED}
         elif args.stage == "grid":
             datasets = args.datasets or REAL
             old = result.get("grid", {})

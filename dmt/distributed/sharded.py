@@ -25,10 +25,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import timedelta
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from dmt.distributed.comm import CommCounter, Exchange
@@ -95,7 +93,7 @@ class ShardedModel(nn.Module):
         if sharding.mode == "single":
             self.sync = None
             return
-        self._column_groups = _column_groups(sharding, self.rank, topology.timeout)
+        self._column_groups = _column_groups(sharding, topology)
         me, rows, counter = self.rank, self.wire.rows, self.counter
         everyone = list(range(layout.world))
         host, rail = layout.host_ranks(topology.host), layout.peer_ranks(topology.local)
@@ -193,10 +191,9 @@ class ShardedModel(nn.Module):
         return torch.autocast(device, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
 
-def _column_groups(sharding: ShardingPlan, rank: int, timeout: timedelta | None) -> dict[str, GroupRef]:
+def _column_groups(sharding: ShardingPlan, topology: Topology) -> dict[str, GroupRef]:
     """Collective (every rank, same order): one process group per row range of a table cut into
-    several column ranges, waiting `timeout` as the topology's groups do. -> table -> the group
-    of this rank's shard of it."""
+    several column ranges (`topology.new_group`). -> table -> the group of this rank's shard of it."""
     mine = {}
     for t, shards in sharding.shards.items():
         by_rows: dict[tuple[int, int], list[int]] = {}
@@ -204,8 +201,8 @@ def _column_groups(sharding: ShardingPlan, rank: int, timeout: timedelta | None)
             by_rows.setdefault(s.rows, []).append(s.rank)
         for ranks in by_rows.values():
             if len(ranks) > 1:
-                group = dist.new_group(sorted(ranks), timeout=timeout)
-                if rank in ranks:
+                group = topology.new_group(sorted(ranks))
+                if topology.rank in ranks:
                     mine[t] = GroupRef(group)
     return mine
 

@@ -101,12 +101,12 @@ class GroupRef:
         return group
 
 
-def world_timeout() -> timedelta | None:
-    """How long a collective of the default process group waits before it fails; None where its
-    backend does not say. torch has no public getter: this reads the backend's options."""
-    device = torch.device("cuda" if dist.get_backend() == "nccl" else "cpu")
+def group_timeout(group: dist.ProcessGroup | None = None) -> timedelta | None:
+    """How long a collective of `group` (default: the default group) waits before it fails; None
+    where its backend does not say. torch has no public getter: this reads the backend's options."""
+    device = torch.device("cuda" if dist.get_backend(group) == "nccl" else "cpu")
     try:
-        return dist.group.WORLD._get_backend(device).options._timeout
+        return (group or dist.group.WORLD)._get_backend(device).options._timeout
     except (AttributeError, RuntimeError):
         return None
 
@@ -128,6 +128,11 @@ class Topology:
     def group(self, name: str) -> dist.ProcessGroup | None:
         ref = self.groups.get(name)
         return None if ref is None else ref()
+
+    def new_group(self, ranks: list[int]) -> dist.ProcessGroup:
+        """Collective over the default group: a group of `ranks` whose collectives wait `timeout`.
+        Every group dmt makes comes from here."""
+        return dist.new_group(ranks, timeout=self.timeout)
 
     world_group = _group("world")
     dense_group = _group("dense")
@@ -158,30 +163,27 @@ class Topology:
         rank, world = dist.get_rank(), dist.get_world_size()
         if world != layout.world:
             raise UserError(f"topology {layout.hosts}x{layout.ranks_per_host} needs {layout.world} ranks, have {world}")
-        timeout = timeout or world_timeout()
-
-        def new_group(ranks: list[int]) -> dist.ProcessGroup:
-            return dist.new_group(ranks, timeout=timeout)
-
-        mine = {"world": dist.group.WORLD, "dense": new_group(list(range(world)))}
+        topo = Topology(layout, rank, timeout=timeout or group_timeout())
+        mine = {"world": dist.group.WORLD, "dense": topo.new_group(list(range(world)))}
         for h in range(layout.hosts):
-            intra, tower = new_group(layout.host_ranks(h)), new_group(layout.host_ranks(h))
+            intra, tower = topo.new_group(layout.host_ranks(h)), topo.new_group(layout.host_ranks(h))
             if h == layout.host_of(rank):
                 mine["intra"], mine["tower"] = intra, tower
         for local in range(layout.ranks_per_host):
-            g = new_group(layout.peer_ranks(local))
+            g = topo.new_group(layout.peer_ranks(local))
             if local == layout.local_of(rank):
                 mine["peer"] = g
-        mine["input_world"] = new_group(list(range(world)))
+        mine["input_world"] = topo.new_group(list(range(world)))
         for h in range(layout.hosts):
-            g = new_group(layout.host_ranks(h))
+            g = topo.new_group(layout.host_ranks(h))
             if h == layout.host_of(rank):
                 mine["input_intra"] = g
         for local in range(layout.ranks_per_host):
-            g = new_group(layout.peer_ranks(local))
+            g = topo.new_group(layout.peer_ranks(local))
             if local == layout.local_of(rank):
                 mine["input_peer"] = g
-        return Topology(layout, rank, {name: GroupRef(g) for name, g in mine.items()}, timeout)
+        topo.groups = {name: GroupRef(g) for name, g in mine.items()}
+        return topo
 
     @staticmethod
     def from_env(ranks_per_host: int | None = None, timeout: timedelta | None = None) -> Topology:
